@@ -1,0 +1,1 @@
+"""evolve: population search over training scaffolding."""

@@ -1,0 +1,92 @@
+"""Reading a run: the population as a DataFrame, lineage, diffs, summaries."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from evolve.store import Store
+
+
+class Population(pd.DataFrame):
+    """The population, one row a variant, with lineage helpers."""
+
+    _metadata = ["run_dir", "mode"]
+
+    @property
+    def _constructor(self):
+        return Population
+
+    def lineage(self, variant: str = "best") -> list[str]:
+        """Returns the ids from the seed to `variant` ("best" or an id prefix), first parent first."""
+        vid = self.best_id() if variant == "best" else resolve(self.run_dir, variant)
+        if vid is None:
+            return []
+        store = Store(self.run_dir)
+        chain = [vid]
+        while True:
+            parents = store.get_variant(chain[-1]).parents
+            if not parents:
+                return chain[::-1]
+            chain.append(parents[0])
+
+    def best_id(self) -> str | None:
+        done = self[(self["status"] == "completed") & self["fitness"].notna()]
+        if done.empty:
+            return None
+        row = done["fitness"].idxmin() if self.mode == "min" else done["fitness"].idxmax()
+        return done.loc[row, "variant_id"]
+
+    def seed_id(self) -> str | None:
+        seeds = self[self["operator"] == "seed"]
+        return None if seeds.empty else seeds.iloc[0]["variant_id"]
+
+
+def _mode(run_dir: Path) -> str:
+    import yaml
+
+    spec = run_dir / "spec.yaml"
+    if spec.is_file():
+        return (yaml.safe_load(spec.read_text()).get("objective") or {}).get("mode", "min")
+    return "min"
+
+
+def load_population(run_dir: str | Path) -> Population:
+    """Returns every finished variant of the run as a DataFrame, one row each."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "population").is_dir():
+        raise FileNotFoundError(f"{run_dir}: not a run directory (no population/ folder)")
+    df = Store(run_dir).read_results().to_pandas()
+    df = df.drop_duplicates("variant_id", keep="last").reset_index(drop=True)
+    for col in ("record", "metrics", "curve"):
+        df[col] = [json.loads(x) if isinstance(x, str) else x for x in df[col]]
+    out = Population(df)
+    out.run_dir = run_dir
+    out.mode = _mode(run_dir)
+    return out
+
+
+def resolve(run_dir: str | Path, prefix: str) -> str:
+    return Store(run_dir).resolve(prefix)
+
+
+def diff_against_parent(run_dir: str | Path, vid: str) -> str:
+    """Returns the unified diff of the variant's files against its first parent."""
+    store = Store(run_dir)
+    v = store.get_variant(vid)
+    child = store.read_files(v)
+    parent = store.read_files(store.get_variant(v.parents[0])) if v.parents else {}
+    out = []
+    for path in sorted(set(child) | set(parent)):
+        a = parent.get(path, b"").decode("utf-8", "replace").splitlines(keepends=True)
+        b = child.get(path, b"").decode("utf-8", "replace").splitlines(keepends=True)
+        out.extend(difflib.unified_diff(a, b, f"a/{path}", f"b/{path}"))
+    return "".join(out)
+
+
+def fmt(x, digits: int = 4) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"

@@ -1,0 +1,164 @@
+"""The `evolve` command: run, status, show, checkout."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from evolve.config import SpecError
+
+EXIT_BAD_INPUT = 2
+
+
+def _population(run_dir: str):
+    from evolve.analysis import load_population
+
+    return load_population(run_dir)
+
+
+def summary_lines(run_dir: str) -> list[str]:
+    """Returns the end-of-run report: best, its lineage, its loss against the seed's."""
+    from evolve.analysis import fmt
+    from evolve.store import Store
+
+    pop = _population(run_dir)
+    if pop.empty:
+        return ["no variant has finished yet"]
+    metric = "fitness"
+    best, seed = pop.best_id(), pop.seed_id()
+    by_id = pop.set_index("variant_id")
+    lines = [f"variants: {len(pop)} finished ({(pop['status'] == 'completed').sum()} completed, "
+             f"{(pop['status'] == 'failed').sum()} failed)"]
+    if best is None:
+        return lines + ["no variant completed"]
+    b = by_id.loc[best, metric]
+    s = by_id.loc[seed, metric] if seed in by_id.index else None
+    gain = f" ({(b - s) / s * 100:+.1f}% vs seed)" if s else ""
+    lines.append(f"best: {best}  held-out {fmt(b)}  seed {seed or '-'} held-out {fmt(s)}{gain}")
+    lines.append("lineage (seed first):")
+    store = Store(run_dir)
+    for vid in pop.lineage("best"):
+        v = store.get_variant(vid)
+        f = by_id.loc[vid, metric] if vid in by_id.index else None
+        lines.append(f"  {vid}  {fmt(f)}  {v.operator:<9} {v.record.get('rationale', '')}")
+    return lines
+
+
+def cmd_run(args) -> int:
+    from evolve.config import load_spec
+    from evolve.runner import run_search
+
+    spec = load_spec(args.experiment, args.overrides)
+    run_dir = args.run_dir or str(Path("runs") / spec.name)
+    run_search(spec, run_dir)
+    print("\n".join(summary_lines(run_dir)))
+    return 0
+
+
+def cmd_status(args) -> int:
+    from evolve.analysis import fmt
+
+    pop = _population(args.run_dir)
+    counts = pop["status"].value_counts().to_dict() if not pop.empty else {}
+    print(f"run: {args.run_dir}")
+    print("by status: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none yet"))
+    train = pop["train_seconds"].fillna(0).sum() if not pop.empty else 0.0
+    trial = pop["trial_seconds"].fillna(0).sum() if not pop.empty else 0.0
+    print(f"cost: {trial:.0f} trial-seconds, {train:.0f} of them training; "
+          f"{int(pop['tokens_trained'].fillna(0).sum()) if not pop.empty else 0:,} tokens trained")
+    depth = max((len(pop.lineage(v)) - 1 for v in pop["variant_id"]), default=0)
+    print(f"lineage depth: {depth}")
+    for line in summary_lines(args.run_dir)[1:2]:
+        print(line)
+    if not pop.empty:
+        print(f"best so far: {fmt(pop['fitness'].min() if pop.mode == 'min' else pop['fitness'].max())}")
+    return 0
+
+
+def cmd_show(args) -> int:
+    from evolve.analysis import diff_against_parent, fmt, resolve
+    from evolve.store import Store
+
+    vid = resolve(args.run_dir, args.variant)
+    v = Store(args.run_dir).get_variant(vid)
+    print(f"variant {vid}  island {v.island}  parents {', '.join(v.parents) or '-'}")
+    print(f"operator: {v.operator}")
+    print("record: " + json.dumps(v.record, sort_keys=True))
+    pop = _population(args.run_dir)
+    rows = pop[pop["variant_id"] == vid]
+    if rows.empty:
+        print("result: not finished")
+    else:
+        r = rows.iloc[0]
+        print(f"status: {r['status']}" + (f"  reason: {r['failure_reason']}" if r["failure_reason"] else ""))
+        print(f"fitness: {fmt(r['fitness'])}  metrics: {json.dumps(r['metrics'], sort_keys=True)}")
+        print(f"train {fmt(r['train_seconds'], 1)} s of {fmt(r['trial_seconds'], 1)} s; "
+              f"tokens {int(r['tokens_trained']) if r['tokens_trained'] == r['tokens_trained'] else '-'}")
+        for tokens, train_loss, dev_loss in r["curve"]:
+            print(f"  curve tokens {tokens:>9,}  train {train_loss:.4f}  dev {dev_loss:.4f}")
+    print(diff_against_parent(args.run_dir, vid) or "(no diff: the seed)")
+    return 0
+
+
+def cmd_checkout(args) -> int:
+    from evolve.analysis import resolve
+    from evolve.store import Store
+
+    store = Store(args.run_dir)
+    vid = resolve(args.run_dir, args.variant)
+    dest = Path(args.dir)
+    if dest.exists() and any(dest.iterdir()):
+        raise SpecError(f"checkout: {str(dest)!r} exists and is not empty")
+    store.materialize(store.get_variant(vid), dest)
+    print(f"wrote variant {vid} to {dest}")
+    return 0
+
+
+def _existing_run(path: str) -> str:
+    if not (Path(path) / "population").is_dir():
+        raise argparse.ArgumentTypeError(f"{path!r} is not a run directory (no population/ folder)")
+    return path
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="evolve", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run a search from an experiment folder")
+    r.add_argument("experiment", help="experiment folder (holding experiment.yaml) or the YAML file")
+    r.add_argument("overrides", nargs="*", help="key=value spec overrides, e.g. budget.trials=4")
+    r.add_argument("--run-dir", help="where the run is kept (default runs/<name>)")
+    r.set_defaults(func=cmd_run)
+    s = sub.add_parser("status", help="population so far: best, counts, cost")
+    s.add_argument("run_dir", type=_existing_run)
+    s.set_defaults(func=cmd_status)
+    sh = sub.add_parser("show", help="a variant's diff, operator record and metrics")
+    sh.add_argument("run_dir", type=_existing_run)
+    sh.add_argument("variant", help="variant id or a unique prefix")
+    sh.set_defaults(func=cmd_show)
+    c = sub.add_parser("checkout", help="write a variant's files to a folder")
+    c.add_argument("run_dir", type=_existing_run)
+    c.add_argument("variant")
+    c.add_argument("dir")
+    c.set_defaults(func=cmd_checkout)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # local Ray on loopback
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (SpecError, KeyError, FileNotFoundError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"evolve: error: {msg}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("evolve: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

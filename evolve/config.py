@@ -1,0 +1,257 @@
+"""The experiment spec: schema, defaults, loading, validation and overrides.
+
+A spec is `experiments/<name>/experiment.yaml`. Every field is checked when it
+is loaded; a bad value raises `SpecError` whose message is one line naming
+the field and the value (the CLI prints it and exits with status 2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+
+class SpecError(ValueError):
+    """A spec field has a bad value; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Objective:
+    metric: str = "heldout_loss"  # reported by the sealed evaluation
+    mode: str = "min"  # "min" or "max"
+
+
+@dataclass(frozen=True)
+class Budget:
+    trials: int = 16  # variants trained in the whole search, the seed included
+    concurrent: int = 2  # trials at once
+    train_tokens: int = 200_000  # tokens each trial trains on, fixed by the harness
+    # the variant cannot raise it
+
+
+@dataclass(frozen=True)
+class Heuristic:
+    """What the heuristic operator may change in the scaffold's settings file."""
+
+    file: str = "scaffold/config.yaml"  # the YAML file it perturbs (must be mutable)
+    choices: dict = field(default_factory=dict)  # key -> list of allowed values
+    bounds: dict = field(default_factory=dict)  # key -> [low, high] for numbers
+    log_scale: list = field(default_factory=list)  # keys perturbed multiplicatively
+    frozen: list = field(default_factory=list)  # keys never touched
+    mutations: int = 2  # keys changed per child (at most)
+    crossover_rate: float = 0.25  # chance a child mixes two parents
+
+
+@dataclass(frozen=True)
+class Operator:
+    kind: str = "heuristic"  # only "heuristic" in this version
+    heuristic: Heuristic = field(default_factory=Heuristic)
+
+
+@dataclass(frozen=True)
+class Selection:
+    islands: int = 2  # sub-populations that evolve apart and exchange their best
+    tournament: int = 3  # contestants per parent pick
+    migrate_every: int = 6  # completed trials between migrations
+
+
+@dataclass(frozen=True)
+class Trial:
+    workers: int = 1  # Ray Train workers (data-parallel ranks) per trial
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    report_every: int = 10  # optimizer steps between learning-curve points
+    timeout_s: float = 900.0  # a trial's wall-clock limit; the trial is failed after it
+
+
+@dataclass(frozen=True)
+class Spec:
+    scaffold: str  # the seed variant's folder
+    mutable: list  # files a mutation may change, inside the scaffold
+    name: str = ""  # defaults to the experiment folder's name
+    root: Path = Path(".")  # the experiment folder, set by the loader; paths are relative to it
+    sealed: list = field(default_factory=list)
+    objective: Objective = field(default_factory=Objective)
+    budget: Budget = field(default_factory=Budget)
+    operator: Operator = field(default_factory=Operator)
+    selection: Selection = field(default_factory=Selection)
+    trial: Trial = field(default_factory=Trial)
+    task: dict = field(default_factory=dict)  # passed to the experiment's harness
+    seed: int = 0  # seeds the searcher's RNG
+
+    def path(self, rel: str) -> Path:
+        return self.root / rel
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["root"] = str(self.root)
+        return d
+
+
+_SECTIONS = {
+    "objective": Objective,
+    "budget": Budget,
+    "operator": Operator,
+    "selection": Selection,
+    "trial": Trial,
+}
+
+
+def _type_name(t: Any) -> str:
+    return getattr(t, "__name__", str(t))
+
+
+def _coerce(name: str, value: Any, typ: Any) -> Any:
+    """Returns `value` checked (and widened int->float) against `typ`."""
+    if dataclasses.is_dataclass(typ):
+        if not isinstance(value, dict):
+            raise SpecError(f"{name}: expected a mapping, got {value!r}")
+        return _build(typ, value, name)
+    origin = get_origin(typ) or typ
+    if origin is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if origin is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise SpecError(f"{name}: expected an integer, got {value!r}")
+    if origin is float and not isinstance(value, float):
+        raise SpecError(f"{name}: expected a number, got {value!r}")
+    if origin in (str, list, dict) and not isinstance(value, origin):
+        raise SpecError(f"{name}: expected {_type_name(origin)}, got {value!r}")
+    return value
+
+
+def _build(cls, raw: dict, prefix: str = ""):
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    kwargs = {}
+    for key, value in raw.items():
+        full = f"{prefix}.{key}" if prefix else key
+        if key not in names or key == "root":
+            raise SpecError(f"{full}: unknown field (allowed: {', '.join(sorted(names - {'root'}))})")
+        kwargs[key] = _coerce(full, value, hints[key])
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # a required field is missing
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in kwargs
+                   and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+                   and f.name != "root"]
+        raise SpecError(f"{prefix or 'spec'}: missing required field {', '.join(missing)}") from e
+
+
+_UNDERSCORE_NUM = re.compile(r"^[+-]?\d[\d_]*$")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Returns (dotted key path, YAML-parsed value) of a `key=value` override."""
+    if "=" not in text:
+        raise SpecError(f"override {text!r}: expected key=value")
+    key, raw = text.split("=", 1)
+    if not key or any(not part for part in key.split(".")):
+        raise SpecError(f"override {text!r}: bad key {key!r}")
+    value = int(raw.replace("_", "")) if _UNDERSCORE_NUM.match(raw) else yaml.safe_load(raw)
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Returns a copy of the raw spec mapping with `key=value` overrides set."""
+    out = yaml.safe_load(yaml.safe_dump(raw))  # deep copy of plain data
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for part in path[:-1]:
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise SpecError(f"{'.'.join(path)}: {part} is not a mapping")
+            node = nxt
+        node[path[-1]] = value
+    return out
+
+
+def _check(spec: Spec) -> None:
+    """Cross-field checks: files exist, sealed and mutable are apart, numbers sane."""
+    root = spec.root
+    if not spec.path(spec.scaffold).is_dir():
+        raise SpecError(f"scaffold: folder not found: {spec.scaffold!r}")
+    if not spec.mutable:
+        raise SpecError("mutable: must name at least one file")
+    for rel in spec.mutable:
+        if not rel.startswith(spec.scaffold.rstrip("/") + "/"):
+            raise SpecError(f"mutable: {rel!r} is not inside the scaffold {spec.scaffold!r}")
+        if not spec.path(rel).is_file():
+            raise SpecError(f"mutable: file not found: {rel!r}")
+    for pattern in spec.sealed:
+        hits = [Path(p) for p in glob.glob(str(root / pattern))]
+        if not hits:
+            raise SpecError(f"sealed: no file matches {pattern!r}")
+        for hit in hits:
+            rel = hit.relative_to(root).as_posix()
+            if rel in spec.mutable:
+                raise SpecError(f"sealed: {rel!r} is also mutable")
+    if spec.objective.mode not in ("min", "max"):
+        raise SpecError(f"objective.mode: expected 'min' or 'max', got {spec.objective.mode!r}")
+    b = spec.budget
+    for name in ("trials", "concurrent", "train_tokens"):
+        if getattr(b, name) < 1:
+            raise SpecError(f"budget.{name}: must be at least 1, got {getattr(b, name)!r}")
+    if spec.operator.kind != "heuristic":
+        raise SpecError(f"operator.kind: unknown operator {spec.operator.kind!r} (available: heuristic)")
+    h = spec.operator.heuristic
+    if h.file not in spec.mutable:
+        raise SpecError(f"operator.heuristic.file: {h.file!r} is not in the mutable surface")
+    for key, choices in h.choices.items():
+        if not isinstance(choices, list) or len(choices) < 2:
+            raise SpecError(f"operator.heuristic.choices.{key}: expected a list of 2 or more, got {choices!r}")
+    for key, pair in h.bounds.items():
+        if (not isinstance(pair, list) or len(pair) != 2
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pair)
+                or pair[0] > pair[1]):
+            raise SpecError(f"operator.heuristic.bounds.{key}: expected [low, high], got {pair!r}")
+    if not 0.0 <= h.crossover_rate <= 1.0:
+        raise SpecError(f"operator.heuristic.crossover_rate: expected 0..1, got {h.crossover_rate!r}")
+    if h.mutations < 1:
+        raise SpecError(f"operator.heuristic.mutations: must be at least 1, got {h.mutations!r}")
+    s = spec.selection
+    for name in ("islands", "tournament", "migrate_every"):
+        if getattr(s, name) < 1:
+            raise SpecError(f"selection.{name}: must be at least 1, got {getattr(s, name)!r}")
+    t = spec.trial
+    if t.workers < 1:
+        raise SpecError(f"trial.workers: must be at least 1, got {t.workers!r}")
+    if t.cpus_per_worker <= 0:
+        raise SpecError(f"trial.cpus_per_worker: must be above 0, got {t.cpus_per_worker!r}")
+    if t.gpus_per_worker < 0:
+        raise SpecError(f"trial.gpus_per_worker: must be 0 or more, got {t.gpus_per_worker!r}")
+    if t.report_every < 1:
+        raise SpecError(f"trial.report_every: must be at least 1, got {t.report_every!r}")
+
+
+def build_spec(raw: dict, root: Path, name: str) -> Spec:
+    """Returns a validated Spec from a raw mapping (already overridden)."""
+    if not isinstance(raw, dict):
+        raise SpecError(f"spec: expected a mapping at the top level, got {raw!r}")
+    raw = {"name": name, **raw}
+    spec = dataclasses.replace(_build(Spec, raw), root=Path(root).resolve())
+    _check(spec)
+    return spec
+
+
+def load_spec(experiment: str | os.PathLike, overrides: list[str] = ()) -> Spec:
+    """Loads `experiment` (a folder holding experiment.yaml, or the YAML file)."""
+    path = Path(experiment)
+    if path.is_dir():
+        path = path / "experiment.yaml"
+    if not path.is_file():
+        raise SpecError(f"experiment: spec file not found: {str(path)!r}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise SpecError(f"experiment: {str(path)!r} is not valid YAML: {first}") from e
+    raw = apply_overrides(raw, list(overrides))
+    return build_spec(raw, path.parent, path.parent.name)

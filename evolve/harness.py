@@ -1,0 +1,230 @@
+"""The training loop that runs on every Ray Train worker and calls recipe hooks.
+
+The harness owns everything the variant must not: the token budget, the
+model class (a transformers GPT-2 built from the recipe's config), the
+parameter cap, the data shard, the learning-curve measurements and the
+saved weights. The recipe owns the choices: optimizer, schedule, batch
+construction and order, loss, width and depth, DeepSpeed knobs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import yaml
+
+HOOKS = ("model_config", "optimizer", "lr_multiplier", "deepspeed_config", "batches", "loss")
+# GPT2Config fields a recipe may not set: the harness fixes vocabulary and context.
+RESERVED_MODEL_KEYS = ("vocab_size", "n_positions", "n_ctx")
+ALLOWED_DS_KEYS = ("zero_stage", "gradient_accumulation_steps", "gradient_clipping")
+
+
+class RecipeError(RuntimeError):
+    """The variant's recipe broke a rule of the harness; the message is one line."""
+
+
+def load_recipe(variant_dir: str | os.PathLike):
+    """Imports the variant's recipe.py under a name unique to the variant."""
+    path = Path(variant_dir) / "recipe.py"
+    if not path.is_file():
+        raise RecipeError(f"recipe.py: not found in {variant_dir}")
+    name = f"evolve_recipe_{Path(variant_dir).name}_{time.time_ns()}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    missing = [h for h in HOOKS if not callable(getattr(module, h, None))]
+    if missing:
+        raise RecipeError(f"recipe.py: missing hook(s) {', '.join(missing)}")
+    return module
+
+
+def load_settings(variant_dir: str | os.PathLike) -> dict:
+    path = Path(variant_dir) / "config.yaml"
+    try:
+        settings = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise RecipeError(f"config.yaml: cannot be read: {str(e).splitlines()[0]}") from e
+    if not isinstance(settings, dict):
+        raise RecipeError(f"config.yaml: expected a mapping, got {type(settings).__name__}")
+    return settings
+
+
+def one_line(exc: BaseException, recipe_path: str | None = None) -> str:
+    """Returns `Type: message` plus the recipe line it came from, on one line."""
+    msg = " ".join(str(exc).split()) or type(exc).__name__
+    where = ""
+    if recipe_path:
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == recipe_path]
+        if frames:
+            where = f" (recipe.py line {frames[-1].lineno}, in {frames[-1].name})"
+    text = msg if isinstance(exc, RecipeError) else f"{type(exc).__name__}: {msg}"
+    return (text[:400] + "...") if len(text) > 400 else text + where
+
+
+def build_model(recipe, settings: dict, vocab_size: int, context: int, param_cap: int):
+    """Returns the GPT-2 the recipe asks for, after checking it against the cap."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    kwargs = recipe.model_config(settings)
+    if not isinstance(kwargs, dict):
+        raise RecipeError(f"model_config: expected a dict, got {type(kwargs).__name__}")
+    bad = [k for k in kwargs if k in RESERVED_MODEL_KEYS]
+    if bad:
+        raise RecipeError(f"model_config: {', '.join(bad)} is fixed by the harness")
+    config = GPT2Config(vocab_size=vocab_size, n_positions=context, **kwargs)
+    model = GPT2LMHeadModel(config)
+    n_params = sum(p.numel() for p in model.parameters())
+    if n_params > param_cap:
+        raise RecipeError(f"model_config: {n_params:,} parameters exceed the cap of {param_cap:,}")
+    return model, n_params
+
+
+def deepspeed_settings(recipe, settings: dict, micro_batch: int) -> dict:
+    """Returns the DeepSpeed config built from the recipe's allowed knobs."""
+    knobs = recipe.deepspeed_config(settings)
+    if not isinstance(knobs, dict):
+        raise RecipeError(f"deepspeed_config: expected a dict, got {type(knobs).__name__}")
+    unknown = sorted(set(knobs) - set(ALLOWED_DS_KEYS))
+    if unknown:
+        raise RecipeError(f"deepspeed_config: {', '.join(unknown)} not allowed "
+                          f"(allowed: {', '.join(ALLOWED_DS_KEYS)})")
+    stage = knobs.get("zero_stage", 0)
+    if stage not in (0, 1, 2):
+        raise RecipeError(f"deepspeed_config: zero_stage must be 0, 1 or 2, got {stage!r}")
+    gas = knobs.get("gradient_accumulation_steps", 1)
+    if not isinstance(gas, int) or gas < 1:
+        raise RecipeError(f"deepspeed_config: gradient_accumulation_steps must be >= 1, got {gas!r}")
+    return {
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": gas,
+        "gradient_clipping": float(knobs.get("gradient_clipping", 0.0)),
+        "zero_optimization": {"stage": stage},
+        "steps_per_print": 1 << 30,  # the harness reports; DeepSpeed stays quiet
+    }
+
+
+def train_worker(config: dict) -> None:
+    """Ray Train's train_loop_per_worker: trains one variant on this rank."""
+    t_worker = time.time()
+    import ray.train
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    out_dir = Path(config["out_dir"])
+    recipe_path = str(Path(config["variant_dir"]) / "recipe.py")
+    try:
+        _train(config, rank, world, out_dir, t_worker)
+    except BaseException as e:
+        reason = one_line(e, recipe_path)
+        (out_dir / f"error-rank{rank}.txt").write_text(reason + "\n")
+        raise
+
+
+def _dev_loss(model, dev, seq: int) -> float:
+    import torch
+
+    n = (len(dev) - 1) // seq
+    x = dev[: n * seq].view(n, seq).long()
+    y = dev[1: n * seq + 1].view(n, seq).long()
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        logits = model(input_ids=x).logits.float()
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+    model.train(was_training)
+    return loss.item()
+
+
+def _train(config: dict, rank: int, world: int, out_dir: Path, t_worker: float) -> None:
+    import deepspeed
+    import numpy as np
+    import ray.train
+    import torch
+
+    t_setup = time.time()
+    torch.manual_seed(config["seed"] * 1000 + rank)
+    task = config["task"]
+    meta = json.loads((Path(config["data_dir"]) / "meta.json").read_text())
+    recipe = load_recipe(config["variant_dir"])
+    settings = load_settings(config["variant_dir"])
+
+    seq, bs = int(settings.get("seq_len", 0)), int(settings.get("batch_size", 0))
+    if seq < 1 or bs < 1:
+        raise RecipeError(f"config.yaml: seq_len and batch_size must be >= 1, got {seq}, {bs}")
+    eval_seq = int(task.get("eval_seq_len", 128))
+    context = max(seq, eval_seq)
+    model, n_params = build_model(recipe, settings, meta["vocab_size"], context,
+                                  int(task.get("param_cap", 1_000_000)))
+    ds_config = deepspeed_settings(recipe, settings, bs)
+    gas = ds_config["gradient_accumulation_steps"]
+    tokens_per_micro = bs * seq * world
+    micro_steps = config["train_tokens"] // tokens_per_micro
+    total_steps = micro_steps // gas
+    if total_steps < 1:
+        raise RecipeError(f"config.yaml: one optimizer step needs {tokens_per_micro * gas:,} "
+                          f"tokens, more than the budget of {config['train_tokens']:,}")
+    micro_steps = total_steps * gas
+
+    optimizer = recipe.optimizer(model, settings)
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise RecipeError(f"optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, recipe.lr_multiplier(settings, total_steps))
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
+                                           lr_scheduler=scheduler, config=ds_config)
+
+    train = torch.from_numpy(np.fromfile(Path(config["data_dir"]) / "train.bin", dtype=np.uint8))
+    shard = train[rank * len(train) // world: (rank + 1) * len(train) // world]
+    dev = torch.from_numpy(np.fromfile(Path(config["data_dir"]) / "dev.bin", dtype=np.uint8))
+    dev = dev[: int(task.get("dev_tokens", 8192)) + 1]
+    generator = torch.Generator().manual_seed(config["seed"] * 1000 + rank)
+    batches = recipe.batches(shard, settings, generator)
+
+    report_every = int(config["report_every"])
+    curve, step, train_seconds, loss_sum, loss_n = [], 0, 0.0, 0.0, 0
+    t_first = time.time()
+    setup_seconds = t_first - t_setup
+    engine.train()
+    for micro in range(micro_steps):
+        t0 = time.perf_counter()
+        x, y = next(batches)
+        if tuple(x.shape) != (bs, seq) or tuple(y.shape) != (bs, seq):
+            raise RecipeError(f"batches: yielded shapes {tuple(x.shape)}, {tuple(y.shape)}; "
+                              f"expected ({bs}, {seq}) each")
+        logits = engine(input_ids=x).logits
+        loss = recipe.loss(logits, y, settings)
+        engine.backward(loss)
+        engine.step()
+        value = loss.item()
+        train_seconds += time.perf_counter() - t0
+        if not math.isfinite(value):
+            raise RecipeError(f"training loss became {value} at micro-step {micro}")
+        loss_sum, loss_n = loss_sum + value, loss_n + 1
+        if engine.is_gradient_accumulation_boundary():
+            step += 1
+            if step % report_every == 0 or step == total_steps:
+                dev_loss = _dev_loss(engine.module, dev, eval_seq)
+                tokens = (micro + 1) * tokens_per_micro
+                point = {"step": step, "tokens": tokens, "train_loss": loss_sum / loss_n,
+                         "dev_loss": dev_loss}
+                curve.append([tokens, point["train_loss"], dev_loss])
+                loss_sum, loss_n = 0.0, 0
+                ray.train.report(point)
+    t_last = time.time()
+    if rank == 0:
+        engine.module.save_pretrained(out_dir / "model", safe_serialization=True)
+        summary = {"curve": curve, "train_seconds": train_seconds, "tokens_trained": micro_steps * tokens_per_micro,
+                   "n_params": n_params, "optimizer_steps": total_steps, "setup_seconds": setup_seconds,
+                   "worker_started_at": t_worker, "imports_seconds": t_setup - t_worker,
+                   "first_step_at": t_first, "last_step_at": t_last, "world_size": world}
+        tmp = out_dir / "summary.json.tmp"
+        tmp.write_text(json.dumps(summary))
+        os.replace(tmp, out_dir / "summary.json")
+    # drop the variant's module so nothing of it lingers if the process is reused
+    sys.modules.pop(recipe.__name__, None)

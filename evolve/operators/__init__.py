@@ -1,0 +1,1 @@
+"""Operators: what makes a child variant from its parents."""

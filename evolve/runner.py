@@ -1,0 +1,127 @@
+"""The search driver: spec -> data, sealed hashes, searcher, Ray Tune run.
+
+Owns the one-time steps of a search (split the corpus, hash the sealed
+files, build DeepSpeed's CPU op once) and the Ray session. Everything that
+runs per trial lives in `evolve.trial` and `evolve.harness`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+# Before anything imports ray: a local Ray then binds 127.0.0.1 only.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+import yaml
+
+from evolve.config import Spec
+from evolve.evaluation import load_module
+from evolve.governance import hash_files, sealed_paths
+from evolve.store import Store, atomic_write
+
+# Ray Train's controller polls its workers this often (seconds); its default
+# of 2.0 makes every ray.train.report wait up to 2 s.
+HEALTH_CHECK_INTERVAL_S = "0.1"
+
+
+def scaffold_files(spec: Spec) -> dict[str, bytes]:
+    """Returns the seed variant: every file under the scaffold folder."""
+    root = spec.path(spec.scaffold)
+    return {p.relative_to(root).as_posix(): p.read_bytes()
+            for p in sorted(root.rglob("*")) if p.is_file() and "__pycache__" not in p.parts}
+
+
+def prepare_data(spec: Spec, run_dir: Path) -> dict:
+    """Splits the corpus with the experiment's sealed harness/data.py, once per run."""
+    data_dir = run_dir / "data"
+    meta = data_dir / "meta.json"
+    if meta.is_file():
+        return json.loads(meta.read_text())
+    module = load_module(spec.path("harness/data.py"), "evolve_sealed_data")
+    return module.prepare(data_dir, spec.task)
+
+
+def seal(spec: Spec, run_dir: Path) -> dict[str, str]:
+    """Hashes the sealed files and the held-out split; kept in sealed.json."""
+    path = run_dir / "sealed.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    files = sealed_paths(spec.root, spec.sealed) + [(run_dir / "data" / "heldout.bin").resolve()]
+    hashes = hash_files(files)
+    atomic_write(path, json.dumps(hashes, indent=1).encode())
+    return hashes
+
+
+def build_deepspeed_ops() -> None:
+    """Compiles DeepSpeed's CPU communication op once, before trials race to."""
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from deepspeed.accelerator import get_accelerator
+
+    if get_accelerator().device_name() != "cpu":
+        return
+    from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder
+
+    ShareMemCommBuilder().load(verbose=False)
+
+
+def worker_env(spec: Spec) -> dict[str, str]:
+    """Returns the environment every Ray worker of the search gets."""
+    env = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": HEALTH_CHECK_INTERVAL_S,
+           "TOKENIZERS_PARALLELISM": "false",
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")}
+    if spec.trial.gpus_per_worker == 0:
+        env["DS_ACCELERATOR"] = "cpu"
+    return env
+
+
+def init_ray(spec: Spec, num_cpus: int | None = None) -> None:
+    """Joins the cluster named by RAY_ADDRESS, else starts a local one on loopback."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    kwargs = {"runtime_env": {"env_vars": worker_env(spec)}, "include_dashboard": False,
+              "log_to_driver": os.environ.get("EVOLVE_RAY_LOGS", "0") == "1"}
+    if not os.environ.get("RAY_ADDRESS") and num_cpus:
+        kwargs["num_cpus"] = num_cpus
+    ray.init(**kwargs)
+
+
+def run_search(spec: Spec, run_dir: str | os.PathLike, log=print):
+    """Runs (or continues) the search; returns the searcher with its population."""
+    from ray import tune
+
+    from evolve.searcher import EvolveSearcher
+    from evolve.trial import TRIAL_RESOURCES, trainable
+
+    run_dir = Path(run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(run_dir / "spec.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False).encode())
+    meta = prepare_data(spec, run_dir)
+    sealed = seal(spec, run_dir)
+    if spec.trial.gpus_per_worker == 0:
+        build_deepspeed_ops()
+    store = Store(run_dir)
+    context = {
+        "experiment_root": str(spec.root), "data_dir": str(run_dir / "data"), "task": spec.task,
+        "sealed": sealed, "metric": spec.objective.metric, "seed": spec.seed,
+        "train_tokens": spec.budget.train_tokens, "report_every": spec.trial.report_every,
+        "train_storage": str(run_dir / "train"),
+        "resources": {"workers": spec.trial.workers, "cpus_per_worker": spec.trial.cpus_per_worker,
+                      "gpus_per_worker": spec.trial.gpus_per_worker},
+    }
+    log(f"evolve: {spec.name}: {spec.budget.trials} trials, {spec.budget.concurrent} at once, "
+        f"{spec.budget.train_tokens:,} tokens each ({meta['train_tokens']:,} training bytes); "
+        f"run kept in {run_dir}")
+    searcher = EvolveSearcher(spec, store, context, scaffold_files(spec), log=log)
+    init_ray(spec, num_cpus=os.cpu_count())
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, TRIAL_RESOURCES),
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=spec.budget.trials,
+                                    max_concurrent_trials=spec.budget.concurrent, reuse_actors=True),
+        run_config=tune.RunConfig(name="tune", storage_path=str(run_dir), verbose=1),
+    )
+    tuner.fit()
+    return searcher

@@ -1,0 +1,204 @@
+"""The Ray Tune Searcher: holds the population, picks parents, makes children.
+
+A thin adapter over pure functions (`evolve.population`, the operators):
+`suggest` never blocks on anything slower than a few file writes; each
+finished trial is written to the store before the searcher counts it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+import random
+import time
+from pathlib import Path
+
+from ray.tune.search import Searcher
+
+from evolve import population as pop
+from evolve.governance import surface_violations
+from evolve.operators.heuristic import crossover, perturb
+from evolve.store import Store, atomic_write
+from evolve.variant import Variant
+
+MAX_DUPLICATE_TRIES = 20  # fresh mutations tried before a suggestion gives up
+
+
+class EvolveSearcher(Searcher):
+    """Evolutionary search over scaffold variants, islands plus tournaments."""
+
+    def __init__(self, spec, store: Store, trial_context: dict, seed_files: dict[str, bytes],
+                 log=print):
+        # No metric for Tune: the curve reports carry none, and the searcher
+        # reads the fitness from the final result itself.
+        super().__init__(metric=None, mode=None)
+        self.spec = spec
+        self.store = store
+        self.context = trial_context  # fields every trial's config carries
+        self.log = log
+        prefix = spec.scaffold.rstrip("/") + "/"
+        self.mutable = [m[len(prefix):] for m in spec.mutable]
+        self.settings_file = spec.operator.heuristic.file[len(prefix):]
+        self.rng = random.Random(spec.seed)
+        self.variants: dict[str, Variant] = {}
+        self.results: dict[str, dict] = {}  # variant id -> {"status", "fitness", ...}
+        self.islands: list[list[str]] = [[] for _ in range(spec.selection.islands)]
+        self.live: dict[str, str] = {}  # trial id -> variant id
+        self.n_suggested = 0
+        self.n_recorded = 0
+        seed = Variant(files=store.put_files(seed_files), operator="seed",
+                       record={"kind": "seed", "rationale": "the scaffold as written"})
+        self.seed_id = seed.id
+        self._pending_seed = seed
+
+    # -- Tune's contract -------------------------------------------------------
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True  # metric and mode come from the experiment spec
+
+    def suggest(self, trial_id: str):
+        if self.n_suggested >= self.spec.budget.trials:
+            return Searcher.FINISHED
+        if self._pending_seed is not None:
+            child, self._pending_seed = self._pending_seed, None
+        else:
+            child = self._propose()
+            if child is None:
+                self.log(f"evolve: no new variant after {MAX_DUPLICATE_TRIES} tries; stopping")
+                return Searcher.FINISHED
+        self._admit(child)
+        self.live[trial_id] = child.id
+        self.n_suggested += 1
+        return self._trial_config(child.id, trial_id)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        vid = self.live.pop(trial_id, None)
+        if vid is None or vid in self.results:
+            return  # unknown, or already recorded (a repeated callback)
+        outcome = json.loads(result["result_json"]) if result and "result_json" in result else None
+        if error or outcome is None:
+            outcome = {"status": "failed", "fitness": None,
+                       "failure_reason": "the trial process errored before reporting (see Tune's error.txt)"}
+        self._record(vid, trial_id, outcome)
+
+    def save(self, checkpoint_path: str):
+        state = {k: v for k, v in self.__dict__.items() if k not in ("store", "log")}
+        state["rng"] = self.rng.getstate()
+        atomic_write(Path(checkpoint_path), pickle.dumps(state))
+
+    def restore(self, checkpoint_path: str):
+        state = pickle.loads(Path(checkpoint_path).read_bytes())
+        rng_state = state.pop("rng")
+        self.__dict__.update(state)
+        self.rng = random.Random()
+        self.rng.setstate(rng_state)
+
+    def __getstate__(self):  # Tuner pickles the searcher; the log callable may not pickle
+        state = dict(self.__dict__)
+        state["log"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.log = self.log or print
+
+    # -- population ------------------------------------------------------------
+    def _score(self, vid: str) -> float:
+        r = self.results.get(vid)
+        return pop.score(r["fitness"] if r else None, self.spec.objective.mode)
+
+    def _members(self, island: int) -> list[tuple[str, float]]:
+        """Returns the scored members to select from: the island's, else anyone's, else the seed."""
+        for ids in (self.islands[island], list(self.results)):
+            scored = [(v, self._score(v)) for v in ids if math.isfinite(self._score(v))]
+            if scored:
+                return scored
+        return [(self.seed_id, 0.0)]
+
+    def _propose(self) -> Variant | None:
+        island = pop.island_for(self.n_suggested, len(self.islands))
+        members = self._members(island)
+        h = self.spec.operator.heuristic
+        for _ in range(MAX_DUPLICATE_TRIES):
+            parents = pop.select_parents(self.rng, members, self.spec.selection.tournament, 2)
+            files = self.store.read_files(self.variants[parents[0]])
+            text = files[self.settings_file].decode()
+            record = None
+            if len(parents) == 2 and self.rng.random() < h.crossover_rate:
+                other = self.store.read_files(self.variants[parents[1]])[self.settings_file].decode()
+                new_text, record = crossover(self.rng, text, other, h)
+                used = parents
+            if record is None or not record["changes"]:
+                new_text, record = perturb(self.rng, text, h)
+                used = parents[:1]
+            child_files = {**files, self.settings_file: new_text.encode()}
+            bad = surface_violations(files, child_files, self.mutable)
+            if bad:  # the operator itself broke the policy: a bug, not a variant
+                raise RuntimeError(f"operator changed files outside the mutable surface: {bad}")
+            child = Variant(files=self.store.put_files(child_files), parents=tuple(used),
+                            operator=record["kind"], record=record, island=island)
+            if child.id not in self.variants:
+                return child
+        return None
+
+    def _admit(self, child: Variant) -> None:
+        self.store.put_variant(child)
+        self.variants[child.id] = child
+        if child.id not in self.islands[child.island]:
+            self.islands[child.island].append(child.id)
+        if child.id == self.seed_id:  # the seed belongs to every island
+            for members in self.islands:
+                if child.id not in members:
+                    members.append(child.id)
+
+    def _trial_config(self, vid: str, trial_id: str) -> dict:
+        run = Path(self.store.root).resolve()
+        variant_dir = self.store.materialize(self.variants[vid], run / "work" / vid)
+        return {**self.context, "variant_id": vid, "trial_id": trial_id,
+                "variant_dir": str(variant_dir), "out_dir": str(run / "trials" / vid)}
+
+    def _record(self, vid: str, trial_id: str, outcome: dict) -> None:
+        v = self.variants[vid]
+        summary = outcome.get("summary") or {}
+        curve = summary.get("curve") or []
+        fitness = outcome.get("fitness")
+        row = {
+            "variant_id": vid, "parent_ids": list(v.parents), "operator": v.operator,
+            "record": v.record, "island": v.island, "status": outcome["status"],
+            "failure_reason": outcome.get("failure_reason"), "fitness": fitness,
+            "metrics": outcome.get("metrics") or {}, "curve": curve,
+            "final_train_loss": curve[-1][1] if curve else None,
+            "final_dev_loss": curve[-1][2] if curve else None,
+            "train_seconds": summary.get("train_seconds"),
+            "trial_seconds": outcome.get("trial_seconds"),
+            "tokens_trained": summary.get("tokens_trained"),
+            "trial_id": trial_id, "created_at": v.created_at, "finished_at": time.time(),
+        }
+        self.store.append_result(row)  # durable before the searcher counts it
+        self.results[vid] = {"status": outcome["status"], "fitness": fitness}
+        self.n_recorded += 1
+        self._migrate_if_due()
+        self.log(self._result_line(vid, outcome))
+
+    def _migrate_if_due(self) -> None:
+        if self.n_recorded % self.spec.selection.migrate_every:
+            return
+        scores = {v: self._score(v) for v in self.results}
+        for vid, dest in pop.migrations(self.islands, scores):
+            self.islands[dest].append(vid)
+
+    def best_id(self) -> str | None:
+        return pop.best([(v, self._score(v)) for v in self.results])
+
+    def _result_line(self, vid: str, outcome: dict) -> str:
+        v = self.variants[vid]
+        parent = ",".join(p[:8] for p in v.parents) or "-"
+        what = v.record.get("rationale", v.operator)
+        if outcome["status"] == "completed":
+            got = f"{self.spec.objective.metric} {outcome['fitness']:.4f}"
+        else:
+            got = f"FAILED: {outcome.get('failure_reason')}"
+        best = self.best_id()
+        best_txt = f"{self.results[best]['fitness']:.4f} ({best[:8]})" if best else "-"
+        return (f"[{self.n_recorded:>3}/{self.spec.budget.trials}] {vid[:8]} <- {parent:<17} "
+                f"{what[:60]:<60} | {got} | best {best_txt}")

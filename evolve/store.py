@@ -1,0 +1,151 @@
+"""The run's durable record: content-addressed files and the population table.
+
+Layout of a run directory:
+
+    objects/ab/cdef...        every file version, named by its SHA-256
+    variants/<id>.json        a variant's manifest (files, parents, operator record)
+    population/<seq>-<id>.parquet   one result row per finished trial, append-only
+
+Every write goes to a temporary file first and is renamed into place, so a
+reader never sees half a file and a crash never leaves one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from evolve.variant import Variant, content_hash
+
+# One row per finished trial. Nested data (operator record, learning curve,
+# files) is JSON text so the schema never changes with a recipe's contents.
+RESULT_SCHEMA = pa.schema([
+    ("variant_id", pa.string()),
+    ("parent_ids", pa.list_(pa.string())),
+    ("operator", pa.string()),
+    ("record", pa.string()),  # JSON: what the operator changed
+    ("island", pa.int32()),
+    ("status", pa.string()),  # "completed" or "failed"
+    ("failure_reason", pa.string()),
+    ("fitness", pa.float64()),  # the objective's metric from the sealed evaluation
+    ("metrics", pa.string()),  # JSON: every metric of the sealed evaluation
+    ("curve", pa.string()),  # JSON: [[tokens, train_loss, dev_loss], ...]
+    ("final_train_loss", pa.float64()),
+    ("final_dev_loss", pa.float64()),
+    ("train_seconds", pa.float64()),  # pure training time (first step to last)
+    ("trial_seconds", pa.float64()),  # trial start to result recorded
+    ("tokens_trained", pa.int64()),
+    ("trial_id", pa.string()),
+    ("created_at", pa.float64()),
+    ("finished_at", pa.float64()),
+])
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Writes `data` to `path` through a temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class Store:
+    """Content-addressed file store plus the append-only population table."""
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.root = Path(run_dir)
+        self.objects = self.root / "objects"
+        self.variants = self.root / "variants"
+        self.population = self.root / "population"
+        for d in (self.objects, self.variants, self.population):
+            d.mkdir(parents=True, exist_ok=True)
+
+    # -- files ---------------------------------------------------------------
+    def put_blob(self, data: bytes) -> str:
+        key = content_hash(data)
+        path = self.objects / key[:2] / key[2:]
+        if not path.exists():
+            atomic_write(path, data)
+        return key
+
+    def get_blob(self, key: str) -> bytes:
+        path = self.objects / key[:2] / key[2:]
+        if not path.is_file():
+            raise FileNotFoundError(f"store: blob {key} missing from {self.objects}")
+        return path.read_bytes()
+
+    def put_files(self, files: dict[str, bytes]) -> dict[str, str]:
+        """Stores every file; returns path -> content hash."""
+        return {rel: self.put_blob(data) for rel, data in sorted(files.items())}
+
+    def read_files(self, variant: Variant) -> dict[str, bytes]:
+        return {rel: self.get_blob(key) for rel, key in variant.files.items()}
+
+    def materialize(self, variant: Variant, dest: str | os.PathLike) -> Path:
+        """Writes the variant's files under `dest`; returns `dest`."""
+        dest = Path(dest)
+        for rel, data in self.read_files(variant).items():
+            target = dest / rel
+            if target.is_file() and target.read_bytes() == data:
+                continue
+            atomic_write(target, data)
+        return dest
+
+    # -- variants ------------------------------------------------------------
+    def put_variant(self, variant: Variant) -> str:
+        path = self.variants / f"{variant.id}.json"
+        if not path.exists():
+            atomic_write(path, variant.to_json().encode())
+        return variant.id
+
+    def get_variant(self, vid: str) -> Variant:
+        path = self.variants / f"{vid}.json"
+        if not path.is_file():
+            raise KeyError(f"no variant {vid!r} in {self.root}")
+        return Variant.from_json(path.read_text())
+
+    def variant_ids(self) -> list[str]:
+        return sorted(p.stem for p in self.variants.glob("*.json"))
+
+    def resolve(self, prefix: str) -> str:
+        """Returns the one variant id that starts with `prefix`."""
+        hits = [v for v in self.variant_ids() if v.startswith(prefix)]
+        if len(hits) != 1:
+            what = "no variant" if not hits else f"{len(hits)} variants"
+            raise KeyError(f"{what} match {prefix!r} in {self.root}")
+        return hits[0]
+
+    # -- results -------------------------------------------------------------
+    def append_result(self, row: dict) -> Path:
+        """Appends one result row as its own Parquet file, atomically."""
+        full = {name: row.get(name) for name in RESULT_SCHEMA.names}
+        for key in ("record", "metrics", "curve"):
+            if not isinstance(full[key], (str, type(None))):
+                full[key] = json.dumps(full[key], sort_keys=True)
+        table = pa.Table.from_pylist([full], schema=RESULT_SCHEMA)
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        path = self.population / f"{time.time_ns():020d}-{row['variant_id']}.parquet"
+        atomic_write(path, sink.getvalue().to_pybytes())
+        return path
+
+    def read_results(self) -> pa.Table:
+        """Returns every result row, oldest first."""
+        parts = sorted(self.population.glob("*.parquet"))
+        if not parts:
+            return RESULT_SCHEMA.empty_table()
+        return pa.concat_tables([pq.read_table(p, schema=RESULT_SCHEMA) for p in parts])

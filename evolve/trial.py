@@ -1,0 +1,93 @@
+"""The Tune trainable: one trial trains one variant with DeepSpeed on Ray Train.
+
+The trial's own process holds no CPU (the workers need them), launches a
+`TorchTrainer` whose workers run `evolve.harness.train_worker`, forwards the
+learning curve to Tune, and, once the workers are gone, runs the sealed
+evaluation on the saved weights. Any failure of the variant ends as a
+normal final result with status "failed" and a one-line reason, so the
+searcher records it and the search goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from evolve.evaluation import evaluate_saved
+from evolve.harness import one_line
+
+# Resources of the trial's own process: no CPU, so that a 1-CPU worker per
+# trial fits on every core. Ray refuses {"CPU": 0} alone; a token amount of
+# memory makes the request valid without holding anything back.
+TRIAL_RESOURCES = {"CPU": 0, "memory": 1024 * 1024}
+
+
+def _failure_reason(out_dir: Path, exc: BaseException) -> str:
+    """Returns the workers' own one-line reason if they wrote one, else the exception's."""
+    for path in sorted(out_dir.glob("error-rank*.txt")):
+        text = path.read_text().strip()
+        if text:
+            return text
+    return one_line(exc)
+
+
+def train_variant(config: dict) -> dict:
+    """Trains and evaluates one variant; returns the final result dict."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    t0 = time.time()
+    out_dir = Path(config["out_dir"])
+    if out_dir.exists():
+        shutil.rmtree(out_dir)  # a retried trial starts from nothing
+    out_dir.mkdir(parents=True)
+    res = config["resources"]
+    use_gpu = res["gpus_per_worker"] > 0
+    per_worker = {"CPU": res["cpus_per_worker"]}
+    if use_gpu:
+        per_worker["GPU"] = res["gpus_per_worker"]
+    trainer = TorchTrainer(
+        train_loop_per_worker=_worker_entry,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(num_workers=res["workers"], use_gpu=use_gpu,
+                                     resources_per_worker=per_worker),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        run_config=RunConfig(name=f"{config['variant_id']}-{config['trial_id']}",
+                             storage_path=config["train_storage"],
+                             callbacks=[TuneReportCallback()]),
+    )
+    result = {"variant_id": config["variant_id"], "status": "failed", "failure_reason": None,
+              "fitness": None, "metrics": {}, "summary": {}}
+    try:
+        trainer.fit()
+        summary = json.loads((out_dir / "summary.json").read_text())
+        result["summary"] = summary
+        t_eval = time.time()
+        metrics = evaluate_saved(out_dir / "model", Path(config["experiment_root"]),
+                                 Path(config["data_dir"]) / "heldout.bin", config["task"],
+                                 config["sealed"])
+        result.update(status="completed", metrics=metrics, fitness=metrics[config["metric"]],
+                      eval_seconds=time.time() - t_eval)
+    except Exception as e:  # the variant failed: record why, keep searching
+        result["failure_reason"] = _failure_reason(out_dir, e)
+    result["trial_seconds"] = time.time() - t0
+    result["trial_started_at"] = t0
+    shutil.rmtree(out_dir / "model", ignore_errors=True)  # weights are not kept
+    return result
+
+
+def _worker_entry(config: dict) -> None:
+    from evolve.harness import train_worker
+
+    train_worker(config)
+
+
+def trainable(config: dict) -> None:
+    """The Tune function trainable: reports the curve, then the final result."""
+    from ray import tune
+
+    result = train_variant(config)
+    tune.report({"done": True, "result_json": json.dumps(result)})
