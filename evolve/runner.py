@@ -16,7 +16,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import yaml
 
-from evolve.config import Spec
+from evolve.config import Spec, SpecError
 from evolve.evaluation import load_module
 from evolve.governance import hash_files, sealed_paths
 from evolve.store import Store, atomic_write
@@ -89,21 +89,14 @@ def init_ray(spec: Spec, num_cpus: int | None = None) -> None:
     ray.init(**kwargs)
 
 
-def run_search(spec: Spec, run_dir: str | os.PathLike, log=print):
-    """Runs (or continues) the search; returns the searcher with its population."""
-    from ray import tune
-
-    from evolve.searcher import EvolveSearcher
-    from evolve.trial import TRIAL_RESOURCES, trainable
-
-    run_dir = Path(run_dir).resolve()
+def prepare_run(spec: Spec, run_dir: Path) -> tuple[dict, dict]:
+    """Does a search's one-time steps; returns (data meta, fields every trial config carries)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(run_dir / "spec.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False).encode())
     meta = prepare_data(spec, run_dir)
     sealed = seal(spec, run_dir)
     if spec.trial.gpus_per_worker == 0:
         build_deepspeed_ops()
-    store = Store(run_dir)
     context = {
         "experiment_root": str(spec.root), "data_dir": str(run_dir / "data"), "task": spec.task,
         "sealed": sealed, "metric": spec.objective.metric, "seed": spec.seed,
@@ -112,6 +105,21 @@ def run_search(spec: Spec, run_dir: str | os.PathLike, log=print):
         "resources": {"workers": spec.trial.workers, "cpus_per_worker": spec.trial.cpus_per_worker,
                       "gpus_per_worker": spec.trial.gpus_per_worker},
     }
+    return meta, context
+
+
+def run_search(spec: Spec, run_dir: str | os.PathLike, log=print):
+    """Runs (or continues) the search; returns the searcher with its population."""
+    from ray import tune
+
+    from evolve.searcher import EvolveSearcher
+    from evolve.trial import TRIAL_RESOURCES, trainable
+
+    run_dir = Path(run_dir).resolve()
+    if any((run_dir / "population").glob("*.parquet")):
+        raise SpecError(f"--run-dir: {str(run_dir)!r} already holds a search; choose another folder")
+    meta, context = prepare_run(spec, run_dir)
+    store = Store(run_dir)
     log(f"evolve: {spec.name}: {spec.budget.trials} trials, {spec.budget.concurrent} at once, "
         f"{spec.budget.train_tokens:,} tokens each ({meta['train_tokens']:,} training bytes); "
         f"run kept in {run_dir}")

@@ -172,7 +172,10 @@ class EvolveSearcher(Searcher):
             "train_seconds": summary.get("train_seconds"),
             "trial_seconds": outcome.get("trial_seconds"),
             "tokens_trained": summary.get("tokens_trained"),
-            "trial_id": trial_id, "created_at": v.created_at, "finished_at": time.time(),
+            "trial_id": trial_id, "created_at": v.created_at,
+            "started_at": outcome.get("trial_started_at"),
+            "first_step_at": summary.get("first_step_at"), "last_step_at": summary.get("last_step_at"),
+            "finished_at": time.time(),
         }
         self.store.append_result(row)  # durable before the searcher counts it
         self.results[vid] = {"status": outcome["status"], "fitness": fitness}

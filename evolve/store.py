@@ -42,8 +42,11 @@ RESULT_SCHEMA = pa.schema([
     ("trial_seconds", pa.float64()),  # trial start to result recorded
     ("tokens_trained", pa.int64()),
     ("trial_id", pa.string()),
-    ("created_at", pa.float64()),
-    ("finished_at", pa.float64()),
+    ("created_at", pa.float64()),  # proposed
+    ("started_at", pa.float64()),  # the trial's process began this variant
+    ("first_step_at", pa.float64()),  # first optimizer step began
+    ("last_step_at", pa.float64()),  # last optimizer step ended
+    ("finished_at", pa.float64()),  # result recorded
 ])
 
 

@@ -36,7 +36,7 @@ def format_scalar(value) -> str:
     if isinstance(value, float):
         if not math.isfinite(value):
             raise ValueError(f"format_scalar: {value!r} is not finite")
-        text = f"{value:.4g}"
+        text = repr(value)  # the shortest text that reads back as the same float
         if "e" in text:
             mant, exp = text.split("e")
             if "." not in mant:

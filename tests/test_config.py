@@ -1,0 +1,107 @@
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from evolve.config import SpecError, apply_overrides, load_spec, parse_override
+
+
+def write_spec(exp, **changes):
+    raw = yaml.safe_load((exp / "experiment.yaml").read_text())
+    for dotted, value in changes.items():
+        node = raw
+        *path, last = dotted.split("__")
+        for part in path:
+            node = node[part]
+        if value is DELETE:
+            del node[last]
+        else:
+            node[last] = value
+    (exp / "experiment.yaml").write_text(yaml.safe_dump(raw))
+
+
+DELETE = object()
+
+
+def test_tiny_lm_loads_with_documented_defaults(experiment):
+    spec = load_spec(experiment)
+    assert spec.name == "tiny_lm"
+    assert spec.objective.metric == "heldout_loss" and spec.objective.mode == "min"
+    assert spec.budget.train_tokens == 163_840
+    assert spec.trial.workers == 1
+    assert spec.selection.islands == 2
+
+
+def test_overrides_are_typed_and_applied(experiment):
+    spec = load_spec(experiment, ["budget.trials=4", "budget.train_tokens=10_000", "trial.cpus_per_worker=2"])
+    assert spec.budget.trials == 4
+    assert spec.budget.train_tokens == 10_000
+    assert spec.trial.cpus_per_worker == 2.0
+
+
+@pytest.mark.parametrize("override, message", [
+    ("budget.trials=four", "budget.trials: expected an integer, got 'four'"),
+    ("budget.trials=2.5", "budget.trials: expected an integer, got 2.5"),
+    ("budget.trials=0", "budget.trials: must be at least 1, got 0"),
+    ("budget.trails=3", "budget.trails: unknown field"),
+    ("trial.gpus_per_worker=-1", "trial.gpus_per_worker: must be 0 or more, got -1.0"),
+    ("objective.mode=down", "objective.mode: expected 'min' or 'max', got 'down'"),
+    ("operator.kind=magic", "operator.kind: unknown operator 'magic'"),
+    ("budget=3", "budget: expected a mapping, got 3"),
+    ("nonsense", "override 'nonsense': expected key=value"),
+])
+def test_bad_overrides_name_field_and_value(experiment, override, message):
+    with pytest.raises(SpecError) as e:
+        load_spec(experiment, [override])
+    assert str(e.value).startswith(message)
+    assert "\n" not in str(e.value)
+
+
+def test_sealed_file_that_is_also_mutable_is_rejected(experiment):
+    write_spec(experiment, sealed=["harness/evaluate.py", "scaffold/recipe.py"])
+    with pytest.raises(SpecError, match=r"^sealed: 'scaffold/recipe.py' is also mutable$"):
+        load_spec(experiment)
+
+
+def test_missing_files_are_rejected(experiment):
+    write_spec(experiment, mutable=["scaffold/recipe.py", "scaffold/missing.py"])
+    with pytest.raises(SpecError, match=r"^mutable: file not found: 'scaffold/missing.py'$"):
+        load_spec(experiment)
+    write_spec(experiment, mutable=["scaffold/recipe.py", "scaffold/config.yaml"], sealed=["harness/nope.py"])
+    with pytest.raises(SpecError, match=r"^sealed: no file matches 'harness/nope.py'$"):
+        load_spec(experiment)
+
+
+def test_missing_required_field(experiment):
+    write_spec(experiment, scaffold=DELETE)
+    with pytest.raises(SpecError, match="^spec: missing required field scaffold$"):
+        load_spec(experiment)
+
+
+def test_heuristic_file_must_be_mutable(experiment):
+    write_spec(experiment, mutable=["scaffold/recipe.py"])
+    with pytest.raises(SpecError, match="operator.heuristic.file: 'scaffold/config.yaml' is not in the mutable surface"):
+        load_spec(experiment)
+
+
+def test_parse_override_values():
+    assert parse_override("a.b=1_000") == (["a", "b"], 1000)
+    assert parse_override("x=1.0e-3") == (["x"], 0.001)
+    assert parse_override("x=[1, 2]") == (["x"], [1, 2])
+    assert parse_override("x=null") == (["x"], None)
+    assert apply_overrides({"a": {"b": 1}}, ["a.c=2"]) == {"a": {"b": 1, "c": 2}}
+
+
+def test_cli_bad_spec_exits_2_with_one_line(experiment):
+    cmd = [sys.executable, "-m", "evolve.cli", "run", str(experiment), "budget.concurrent=zero"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip() == "evolve: error: budget.concurrent: expected an integer, got 'zero'"
+
+
+def test_cli_missing_experiment_exits_2(tmp_path):
+    cmd = [sys.executable, "-m", "evolve.cli", "run", str(tmp_path / "nope")]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert "spec file not found" in out.stderr and len(out.stderr.strip().splitlines()) == 1

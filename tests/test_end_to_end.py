@@ -1,0 +1,147 @@
+"""Real searches: Ray Tune, Ray Train and DeepSpeed on the CPU, 2 cores."""
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+
+from evolve import cli
+from evolve.analysis import load_population
+from evolve.config import load_spec
+from evolve.runner import init_ray, prepare_run, run_search
+from evolve.store import Store
+
+pytestmark = pytest.mark.slow
+TINY = ["budget.train_tokens=8192", "trial.report_every=2"]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    import ray
+
+    spec = load_spec(Path(__file__).parents[1] / "experiments" / "tiny_lm")
+    init_ray(spec, num_cpus=2)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def search(ray_cluster, tmp_path_factory):
+    """A real search of 4 variants, 2 at once; returns its run directory."""
+    run_dir = tmp_path_factory.mktemp("run") / "tiny"
+    spec = load_spec(Path(__file__).parents[1] / "experiments" / "tiny_lm",
+                     TINY + ["budget.trials=4", "budget.concurrent=2"])
+    lines = []
+    run_search(spec, run_dir, log=lines.append)
+    return run_dir, lines
+
+
+def test_population_is_complete_and_consistent(search):
+    run_dir, lines = search
+    pop = load_population(run_dir)
+    assert len(pop) == 4 and pop["variant_id"].is_unique
+    assert (pop["status"] == "completed").all(), pop[["status", "failure_reason"]]
+    assert pop["fitness"].notna().all() and (pop["fitness"] > 0).all()
+    seeds = pop[pop["operator"] == "seed"]
+    assert len(seeds) == 1 and list(seeds.iloc[0]["parent_ids"]) == []
+    known = set(Store(run_dir).variant_ids())
+    for _, row in pop.iterrows():
+        assert set(row["parent_ids"]) <= known
+        if row["operator"] != "seed":
+            assert row["record"]["changes"], row["record"]
+        assert row["curve"] and row["tokens_trained"] == 8192
+        assert row["first_step_at"] >= row["started_at"] and row["finished_at"] >= row["last_step_at"]
+    # one line per finished variant, each naming its id and the best so far
+    finished = [ln for ln in lines if ln.startswith("[")]
+    assert len(finished) == 4 and all("| best " in ln for ln in finished)
+
+
+def test_cli_status_show_checkout(search, tmp_path, capsys):
+    run_dir, _ = search
+    assert cli.main(["status", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "completed 4" in out and "best:" in out
+    pop = load_population(run_dir)
+    child = pop[pop["operator"] != "seed"].iloc[0]["variant_id"]
+    assert cli.main(["show", str(run_dir), child[:6]]) == 0
+    out = capsys.readouterr().out
+    assert f"variant {child}" in out and "--- a/config.yaml" in out and "curve tokens" in out
+    assert cli.main(["checkout", str(run_dir), child, str(tmp_path / "co")]) == 0
+    files = Store(run_dir).read_files(Store(run_dir).get_variant(child))
+    assert {p: (tmp_path / "co" / p).read_bytes() for p in files} == files
+    assert cli.main(["show", str(run_dir), "zzzz"]) == 2
+
+
+def _trainable_of(config):  # shipped to workers by value: tests/ is not a package there
+    from evolve.trial import trainable
+
+    trainable(config["cfg"])
+
+
+def run_variants(run_dir: Path, variants: dict[str, tuple[Path, int]]) -> dict[str, dict]:
+    """Trains the given variant folders through the real trainable; returns results by name."""
+    from ray import tune
+
+    import sys
+
+    from ray import cloudpickle
+
+    from evolve.trial import TRIAL_RESOURCES
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    spec = load_spec(Path(__file__).parents[1] / "experiments" / "tiny_lm", TINY)
+    _, context = prepare_run(spec, run_dir)
+    configs = [{**context, "variant_id": name, "trial_id": uuid.uuid4().hex[:8],
+                "variant_dir": str(d), "out_dir": str(run_dir / "trials" / name),
+                "resources": {**context["resources"], "workers": workers}}
+               for name, (d, workers) in sorted(variants.items())]
+    tuner = tune.Tuner(tune.with_resources(_trainable_of, TRIAL_RESOURCES),
+                       param_space={"cfg": tune.grid_search(configs)},
+                       tune_config=tune.TuneConfig(max_concurrent_trials=2, reuse_actors=True),
+                       run_config=tune.RunConfig(storage_path=str(run_dir), name="t", verbose=0))
+    results = tuner.fit()
+    out = {}
+    for r in results:
+        assert r.error is None, r.error
+        result = json.loads(r.metrics["result_json"])
+        out[result["variant_id"]] = result
+    return out
+
+
+@pytest.fixture
+def variant_dirs(tmp_path):
+    seed = Path(__file__).parents[1] / "experiments" / "tiny_lm" / "scaffold"
+
+    def make(name, edit=None):
+        d = tmp_path / name
+        d.mkdir()
+        for p in seed.iterdir():
+            if p.is_file():
+                (d / p.name).write_bytes(p.read_bytes())
+        if edit:
+            src = (d / "recipe.py").read_text()
+            old, new = edit
+            assert old in src
+            (d / "recipe.py").write_text(src.replace(old, new))
+        return d
+
+    return make
+
+
+def test_failures_are_recorded_and_two_workers_train(ray_cluster, tmp_path, variant_dirs):
+    results = run_variants(tmp_path / "run", {
+        "raises": (variant_dirs("raises", ('seq, bs = cfg["seq_len"], cfg["batch_size"]',
+                                          'raise RuntimeError("no batches today")')), 1),
+        "nan": (variant_dirs("nan", ("label_smoothing=cfg[\"label_smoothing\"])",
+                                     "label_smoothing=cfg[\"label_smoothing\"]) * float(\"nan\")")), 1),
+        "two_workers": (variant_dirs("two_workers"), 2),
+    })
+    raises, nan, two = results["raises"], results["nan"], results["two_workers"]
+    assert raises["status"] == "failed" and raises["fitness"] is None
+    assert raises["failure_reason"].startswith("RuntimeError: no batches today (recipe.py line ")
+    assert nan["status"] == "failed"
+    assert nan["failure_reason"] == "training loss became nan at micro-step 0"
+    assert two["status"] == "completed" and two["summary"]["world_size"] == 2
+    # two ranks share the budget: half the micro-steps each, same tokens in all
+    assert two["summary"]["tokens_trained"] == 8192 and two["fitness"] > 0

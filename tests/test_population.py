@@ -1,0 +1,49 @@
+import math
+import random
+
+import pytest
+
+from evolve import population as pop
+
+
+def test_score_orients_and_fails_to_minus_inf():
+    assert pop.score(2.0, "min") == -2.0
+    assert pop.score(2.0, "max") == 2.0
+    assert pop.score(None, "min") == -math.inf
+    assert pop.score(float("nan"), "max") == -math.inf
+
+
+def test_tournament_returns_best_of_the_drawn():
+    members = [("a", 1.0), ("b", 5.0), ("c", 3.0)]
+    assert pop.tournament(random.Random(0), members, k=3) == "b"
+    # k=1 is uniform: every member is drawn sometimes
+    rng = random.Random(1)
+    assert {pop.tournament(rng, members, 1) for _ in range(50)} == {"a", "b", "c"}
+    with pytest.raises(ValueError):
+        pop.tournament(rng, [], 2)
+
+
+def test_tournament_is_deterministic_for_a_seed():
+    members = [(str(i), float(i % 7)) for i in range(40)]
+    picks = [pop.tournament(random.Random(42), members, 3) for _ in range(3)]
+    assert len(set(picks)) == 1
+
+
+def test_select_parents_distinct():
+    members = [("a", 1.0), ("b", 2.0)]
+    assert sorted(pop.select_parents(random.Random(0), members, 2, 2)) == ["a", "b"]
+    assert pop.select_parents(random.Random(0), members[:1], 2, 2) == ["a"]
+
+
+def test_migrations_ring_of_bests():
+    islands = [["a", "b"], ["c"], ["d"]]
+    scores = {"a": 1.0, "b": 2.0, "c": 0.5, "d": -math.inf}
+    assert pop.migrations(islands, scores) == [("b", 1), ("c", 2)]
+    assert pop.migrations([["a"]], scores) == []
+    assert pop.migrations([["a"], ["a"]], {"a": 1.0}) == []
+
+
+def test_island_round_robin_and_best():
+    assert [pop.island_for(i, 3) for i in range(5)] == [0, 1, 2, 0, 1]
+    assert pop.best([("a", -math.inf), ("b", 1.0)]) == "b"
+    assert pop.best([("a", -math.inf)]) is None

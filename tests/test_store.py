@@ -1,0 +1,75 @@
+import os
+
+import pyarrow.parquet as pq
+import pytest
+
+from evolve.analysis import load_population
+from evolve.store import Store, atomic_write
+from evolve.variant import Variant, variant_id
+
+
+def test_blobs_are_content_addressed_and_deduplicated(tmp_path):
+    store = Store(tmp_path)
+    a = store.put_blob(b"hello")
+    assert a == store.put_blob(b"hello")
+    assert store.get_blob(a) == b"hello"
+    assert len(list((tmp_path / "objects").rglob("*"))) == 2  # one folder, one file
+    with pytest.raises(FileNotFoundError, match="blob 00 missing"):
+        store.get_blob("00")
+
+
+def test_variant_id_depends_only_on_files():
+    files = {"a.py": "1" * 64, "b.yaml": "2" * 64}
+    assert variant_id(files) == variant_id(dict(reversed(list(files.items()))))
+    assert Variant(files=files, operator="x").id == Variant(files=files, operator="y").id
+    assert variant_id({**files, "a.py": "3" * 64}) != variant_id(files)
+
+
+def test_variant_round_trip_and_materialize(tmp_path):
+    store = Store(tmp_path / "run")
+    v = Variant(files=store.put_files({"recipe.py": b"x = 1\n", "sub/c.yaml": b"a: 1\n"}),
+                parents=("abc",), operator="perturb", record={"changes": [1]}, island=1)
+    store.put_variant(v)
+    back = store.get_variant(v.id)
+    assert back == v
+    assert store.resolve(v.id[:5]) == v.id
+    out = store.materialize(v, tmp_path / "out")
+    assert (out / "sub" / "c.yaml").read_bytes() == b"a: 1\n"
+    with pytest.raises(KeyError, match="no variant match 'zzz'"):
+        store.resolve("zzz")
+
+
+def test_results_append_one_file_each_and_load_as_population(tmp_path):
+    store = Store(tmp_path)
+    for i, (status, fit) in enumerate([("completed", 3.5), ("failed", None), ("completed", 3.2)]):
+        v = Variant(files={"f": str(i) * 64}, parents=() if i == 0 else ("p",), operator="seed" if i == 0 else "perturb")
+        store.put_variant(v)
+        store.append_result({"variant_id": v.id, "parent_ids": list(v.parents), "operator": v.operator,
+                             "record": {"i": i}, "status": status, "fitness": fit,
+                             "failure_reason": None if fit else "boom", "curve": [[1, 2.0, 3.0]]})
+    assert len(list((tmp_path / "population").glob("*.parquet"))) == 3
+    table = store.read_results()
+    assert table.num_rows == 3 and table.column("status").to_pylist() == ["completed", "failed", "completed"]
+    pop = load_population(tmp_path)
+    assert list(pop["record"]) == [{"i": 0}, {"i": 1}, {"i": 2}]
+    assert pop.loc[pop["fitness"].idxmin(), "fitness"] == 3.2
+    assert pop.best_id() == pop.iloc[2]["variant_id"]
+    assert pop.seed_id() == pop.iloc[0]["variant_id"]
+
+
+def test_atomic_write_leaves_no_temporary_files(tmp_path):
+    atomic_write(tmp_path / "a" / "b.txt", b"data")
+    atomic_write(tmp_path / "a" / "b.txt", b"new")
+    assert (tmp_path / "a" / "b.txt").read_bytes() == b"new"
+    assert os.listdir(tmp_path / "a") == ["b.txt"]
+
+
+def test_each_result_file_is_a_complete_parquet_table(tmp_path):
+    store = Store(tmp_path)
+    path = store.append_result({"variant_id": "v1", "parent_ids": [], "status": "completed", "fitness": 1.0})
+    assert pq.read_table(path).num_rows == 1
+
+
+def test_load_population_of_missing_run_is_one_line_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a run directory"):
+        load_population(tmp_path / "nope")
