@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Creates .venv/ with evolve, its test tools and a CPU build of torch.
+# torch is pinned in constraints.txt (not in pyproject.toml) so the package
+# keeps a range and pip takes the 2.13.0 CPU wheel instead of a CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")"
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -c constraints.txt -e '.[test]'
+# DeepSpeed compiles its CPU communication op on first use (about a minute
+# on 2 cores); build it now so no trial pays for it.
+DS_ACCELERATOR=cpu .venv/bin/python -c "from evolve.runner import build_deepspeed_ops; build_deepspeed_ops()"
