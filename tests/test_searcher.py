@@ -1,0 +1,72 @@
+import json
+
+from ray.tune.search import Searcher
+
+from evolve.analysis import load_population
+from evolve.config import load_spec
+from evolve.runner import scaffold_files
+from evolve.searcher import EvolveSearcher
+from evolve.store import Store
+
+
+def make(experiment, tmp_path, *overrides):
+    spec = load_spec(experiment, ["budget.trials=8", *overrides])
+    store = Store(tmp_path / "run")
+    return EvolveSearcher(spec, store, {"ctx": 1}, scaffold_files(spec), log=lambda s: None), store
+
+
+def finish(searcher, trial_id, config, fitness):
+    outcome = {"status": "completed" if fitness else "failed", "fitness": fitness,
+               "failure_reason": None if fitness else "boom",
+               "summary": {"curve": [[1024, 5.0, 4.0]], "train_seconds": 1.0, "tokens_trained": 1024}}
+    searcher.on_trial_complete(trial_id, {"result_json": json.dumps(outcome)})
+
+
+def test_seed_first_then_children_until_budget(experiment, tmp_path):
+    s, store = make(experiment, tmp_path)
+    first = s.suggest("t0")
+    assert first["variant_id"] == s.seed_id and first["ctx"] == 1
+    assert (tmp_path / "run" / "work" / s.seed_id / "recipe.py").is_file()
+    ids = [first["variant_id"]]
+    for i in range(1, 8):
+        cfg = s.suggest(f"t{i}")
+        ids.append(cfg["variant_id"])
+        finish(s, f"t{i - 1}", {}, 4.0 - 0.1 * i if i % 3 else None)
+    assert s.suggest("t8") == Searcher.FINISHED
+    finish(s, "t7", {}, 3.0)
+    assert len(set(ids)) == 8  # no duplicates
+    pop = load_population(tmp_path / "run")
+    assert sorted(pop["variant_id"]) == sorted(ids)
+    assert set(pop["status"]) == {"completed", "failed"}
+    for _, row in pop.iterrows():
+        assert all(p in ids for p in row["parent_ids"])
+        assert row["trial_id"].startswith("t")
+    # a repeated callback records nothing twice
+    finish(s, "t7", {}, 3.0)
+    assert len(load_population(tmp_path / "run")) == 8
+
+
+def test_children_differ_only_in_the_settings_file(experiment, tmp_path):
+    s, store = make(experiment, tmp_path)
+    seed = s.suggest("t0")
+    child = s.suggest("t1")
+    a = store.read_files(store.get_variant(seed["variant_id"]))
+    b = store.read_files(store.get_variant(child["variant_id"]))
+    assert [p for p in a if a[p] != b[p]] == ["config.yaml"]
+    v = store.get_variant(child["variant_id"])
+    assert v.parents == (seed["variant_id"],) and v.record["changes"]
+
+
+def test_save_restore_continues_identically(experiment, tmp_path):
+    s1, _ = make(experiment, tmp_path / "a")
+    s2, _ = make(experiment, tmp_path / "b")
+    for s in (s1, s2):
+        s.suggest("t0")
+        s.suggest("t1")
+        finish(s, "t0", {}, 3.5)
+    s1.save(str(tmp_path / "state.pkl"))
+    s3, _ = make(experiment, tmp_path / "a")
+    s3.restore(str(tmp_path / "state.pkl"))
+    nxt = [s2.suggest("t2")["variant_id"], s2.suggest("t3")["variant_id"]]
+    assert [s3.suggest("t2")["variant_id"], s3.suggest("t3")["variant_id"]] == nxt
+    assert s3.live == s2.live and s3.islands == s2.islands
