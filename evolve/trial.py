@@ -36,8 +36,9 @@ def _failure_reason(out_dir: Path, exc: BaseException) -> str:
 def train_variant(config: dict) -> dict:
     """Trains and evaluates one variant; returns the final result dict."""
     from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
+
+    from evolve.fasttrain import LazyTorchConfig, make_trainer
 
     t0 = time.time()
     out_dir = Path(config["out_dir"])
@@ -49,12 +50,12 @@ def train_variant(config: dict) -> dict:
     per_worker = {"CPU": res["cpus_per_worker"]}
     if use_gpu:
         per_worker["GPU"] = res["gpus_per_worker"]
-    trainer = TorchTrainer(
+    trainer = make_trainer(
         train_loop_per_worker=_worker_entry,
         train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=res["workers"], use_gpu=use_gpu,
                                      resources_per_worker=per_worker),
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        torch_config=LazyTorchConfig(backend="nccl" if use_gpu else "gloo"),
         run_config=RunConfig(name=f"{config['variant_id']}-{config['trial_id']}",
                              storage_path=config["train_storage"],
                              callbacks=[TuneReportCallback()]),
