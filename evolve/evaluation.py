@@ -1,7 +1,8 @@
 """The sealed evaluation: loads trained weights and the experiment's own
 `harness/evaluate.py`, checks the sealed hashes first, returns the metrics.
 
-It runs in the trial's process, which never imports the variant's code.
+It runs in a fresh process forked from the zygote, which never imports a
+variant's code; the trial's own process only waits for its answer.
 """
 
 from __future__ import annotations
@@ -20,14 +21,18 @@ def load_module(path: Path, name: str):
     return module
 
 
-def evaluate_saved(model_dir: Path, experiment_root: Path, heldout: Path, task: dict,
+def evaluate_saved(report, model_dir: str, experiment_root: str, heldout: str, task: dict,
                    sealed: dict[str, str]) -> dict:
-    """Returns the sealed evaluation's metrics of the model saved in `model_dir`."""
+    """Returns the sealed evaluation's metrics of the model saved in `model_dir`.
+
+    Runs in a fresh child of the zygote (see `evolve.zygote.call`): a process
+    that has never imported any variant's code and exits afterwards.
+    """
     import torch
     from transformers import GPT2LMHeadModel
 
     check_sealed(sealed)
-    evaluate = load_module(experiment_root / "harness" / "evaluate.py", "evolve_sealed_evaluate")
+    evaluate = load_module(Path(experiment_root) / "harness" / "evaluate.py", "evolve_sealed_evaluate")
     torch.manual_seed(0)
     model = GPT2LMHeadModel.from_pretrained(model_dir)
     metrics = evaluate.evaluate(model, heldout, task)

@@ -13,7 +13,6 @@ import importlib.util
 import json
 import math
 import os
-import sys
 import time
 import traceback
 from pathlib import Path
@@ -22,7 +21,7 @@ import yaml
 
 HOOKS = ("model_config", "optimizer", "lr_multiplier", "deepspeed_config", "batches", "loss")
 # GPT2Config fields a recipe may not set: the harness fixes vocabulary and context.
-RESERVED_MODEL_KEYS = ("vocab_size", "n_positions", "n_ctx")
+RESERVED_MODEL_KEYS = ("vocab_size", "n_positions", "n_ctx", "bos_token_id", "eos_token_id")
 ALLOWED_DS_KEYS = ("zero_stage", "gradient_accumulation_steps", "gradient_clipping")
 
 
@@ -78,7 +77,8 @@ def build_model(recipe, settings: dict, vocab_size: int, context: int, param_cap
     bad = [k for k in kwargs if k in RESERVED_MODEL_KEYS]
     if bad:
         raise RecipeError(f"model_config: {', '.join(bad)} is fixed by the harness")
-    config = GPT2Config(vocab_size=vocab_size, n_positions=context, **kwargs)
+    config = GPT2Config(vocab_size=vocab_size, n_positions=context, bos_token_id=None,
+                        eos_token_id=None, **kwargs)
     model = GPT2LMHeadModel(config)
     n_params = sum(p.numel() for p in model.parameters())
     if n_params > param_cap:
@@ -111,20 +111,48 @@ def deepspeed_settings(recipe, settings: dict, micro_batch: int) -> dict:
 
 
 def train_worker(config: dict) -> None:
-    """Ray Train's train_loop_per_worker: trains one variant on this rank."""
-    t_worker = time.time()
+    """Ray Train's train_loop_per_worker: relays one rank to a fresh zygote child.
+
+    This Ray worker imports neither torch nor the variant's code: a child
+    forked from the node's warm zygote trains, and its learning-curve
+    points come back here to be reported to Ray Train (and so to Tune).
+    """
     import ray.train
+
+    from evolve import zygote
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     out_dir = Path(config["out_dir"])
-    recipe_path = str(Path(config["variant_dir"]) / "recipe.py")
+    env = {k: v for k, v in os.environ.items()
+           if k in ("MASTER_ADDR", "MASTER_PORT", "CUDA_VISIBLE_DEVICES", "DS_ACCELERATOR",
+                    "OMP_NUM_THREADS", "NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME")}
+    env.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(ctx.get_local_rank()),
+               LOCAL_WORLD_SIZE=str(ctx.get_local_world_size()))
     try:
-        _train(config, rank, world, out_dir, t_worker)
+        zygote.call("evolve.harness:run_rank", {"config": config, "rank": rank, "world": world},
+                    env=env, log=str(out_dir / f"rank{rank}.log"),
+                    recipe=str(Path(config["variant_dir"]) / "recipe.py"), on_report=ray.train.report)
     except BaseException as e:
-        reason = one_line(e, recipe_path)
+        reason = str(e) if isinstance(e, zygote.ChildFailed) else one_line(e)
         (out_dir / f"error-rank{rank}.txt").write_text(reason + "\n")
         raise
+
+
+def run_rank(report, config: dict, rank: int, world: int) -> None:
+    """Trains one rank of one variant in this (fresh) process; `report` takes curve points."""
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(max(1, int(config["resources"]["cpus_per_worker"])))
+    backend = "nccl" if config["resources"]["gpus_per_worker"] > 0 else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world)
+    try:
+        _train(config, rank, world, Path(config["out_dir"]), report)
+    finally:
+        dist.destroy_process_group()
 
 
 def _dev_loss(model, dev, seq: int) -> float:
@@ -142,10 +170,9 @@ def _dev_loss(model, dev, seq: int) -> float:
     return loss.item()
 
 
-def _train(config: dict, rank: int, world: int, out_dir: Path, t_worker: float) -> None:
+def _train(config: dict, rank: int, world: int, out_dir: Path, report) -> None:
     import deepspeed
     import numpy as np
-    import ray.train
     import torch
 
     t_setup = time.time()
@@ -215,16 +242,13 @@ def _train(config: dict, rank: int, world: int, out_dir: Path, t_worker: float) 
                          "dev_loss": dev_loss}
                 curve.append([tokens, point["train_loss"], dev_loss])
                 loss_sum, loss_n = 0.0, 0
-                ray.train.report(point)
+                report(point)
     t_last = time.time()
     if rank == 0:
         engine.module.save_pretrained(out_dir / "model", safe_serialization=True)
         summary = {"curve": curve, "train_seconds": train_seconds, "tokens_trained": micro_steps * tokens_per_micro,
                    "n_params": n_params, "optimizer_steps": total_steps, "setup_seconds": setup_seconds,
-                   "worker_started_at": t_worker, "imports_seconds": t_setup - t_worker,
                    "first_step_at": t_first, "last_step_at": t_last, "world_size": world}
         tmp = out_dir / "summary.json.tmp"
         tmp.write_text(json.dumps(summary))
         os.replace(tmp, out_dir / "summary.json")
-    # drop the variant's module so nothing of it lingers if the process is reused
-    sys.modules.pop(recipe.__name__, None)

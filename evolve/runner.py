@@ -16,6 +16,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import yaml
 
+from evolve import zygote
 from evolve.config import Spec, SpecError
 from evolve.evaluation import load_module
 from evolve.governance import hash_files, sealed_paths
@@ -125,11 +126,16 @@ def run_search(spec: Spec, run_dir: str | os.PathLike, log=print):
         f"run kept in {run_dir}")
     searcher = EvolveSearcher(spec, store, context, scaffold_files(spec), log=log)
     init_ray(spec, num_cpus=os.cpu_count())
+    zygote_pid = zygote.ping(zygote.ensure())  # warm before the first trial, not inside it
     tuner = tune.Tuner(
         tune.with_resources(trainable, TRIAL_RESOURCES),
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=spec.budget.trials,
                                     max_concurrent_trials=spec.budget.concurrent, reuse_actors=True),
         run_config=tune.RunConfig(name="tune", storage_path=str(run_dir), verbose=1),
     )
-    tuner.fit()
+    try:
+        tuner.fit()
+    finally:
+        if zygote.ping() == zygote_pid:  # ours, not another search's
+            zygote.shutdown()
     return searcher

@@ -2,8 +2,8 @@
 
 The trial's own process holds no CPU (the workers need them), launches a
 `TorchTrainer` whose workers run `evolve.harness.train_worker`, forwards the
-learning curve to Tune, and, once the workers are gone, runs the sealed
-evaluation on the saved weights. Any failure of the variant ends as a
+learning curve to Tune, and, once the workers are gone, has a fresh
+zygote child run the sealed evaluation on the saved weights. Any failure of the variant ends as a
 normal final result with status "failed" and a one-line reason, so the
 searcher records it and the search goes on.
 """
@@ -15,7 +15,7 @@ import shutil
 import time
 from pathlib import Path
 
-from evolve.evaluation import evaluate_saved
+from evolve import zygote
 from evolve.harness import one_line
 
 # Resources of the trial's own process: no CPU, so that a 1-CPU worker per
@@ -38,7 +38,7 @@ def train_variant(config: dict) -> dict:
     from ray.train import RunConfig, ScalingConfig
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from evolve.fasttrain import LazyTorchConfig, make_trainer
+    from evolve.fasttrain import RendezvousConfig, make_trainer
 
     t0 = time.time()
     out_dir = Path(config["out_dir"])
@@ -55,7 +55,7 @@ def train_variant(config: dict) -> dict:
         train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=res["workers"], use_gpu=use_gpu,
                                      resources_per_worker=per_worker),
-        torch_config=LazyTorchConfig(backend="nccl" if use_gpu else "gloo"),
+        torch_config=RendezvousConfig(),
         run_config=RunConfig(name=f"{config['variant_id']}-{config['trial_id']}",
                              storage_path=config["train_storage"],
                              callbacks=[TuneReportCallback()]),
@@ -64,16 +64,20 @@ def train_variant(config: dict) -> dict:
               "fitness": None, "metrics": {}, "summary": {}}
     try:
         trainer.fit()
-        summary = json.loads((out_dir / "summary.json").read_text())
-        result["summary"] = summary
-        t_eval = time.time()
-        metrics = evaluate_saved(out_dir / "model", Path(config["experiment_root"]),
-                                 Path(config["data_dir"]) / "heldout.bin", config["task"],
-                                 config["sealed"])
-        result.update(status="completed", metrics=metrics, fitness=metrics[config["metric"]],
-                      eval_seconds=time.time() - t_eval)
-    except Exception as e:  # the variant failed: record why, keep searching
+        result["summary"] = json.loads((out_dir / "summary.json").read_text())
+    except Exception as e:  # the variant failed in training: record why, keep searching
         result["failure_reason"] = _failure_reason(out_dir, e)
+    if result["summary"]:
+        t_eval = time.time()
+        try:
+            metrics = zygote.call("evolve.evaluation:evaluate_saved", {
+                "model_dir": str(out_dir / "model"), "experiment_root": config["experiment_root"],
+                "heldout": str(Path(config["data_dir"]) / "heldout.bin"), "task": config["task"],
+                "sealed": config["sealed"]}, log=str(out_dir / "evaluate.log"))
+            result.update(status="completed", metrics=metrics, fitness=metrics[config["metric"]],
+                          eval_seconds=time.time() - t_eval)
+        except Exception as e:  # sealed files changed, or the weights do not load
+            result["failure_reason"] = f"sealed evaluation: {e if isinstance(e, zygote.ChildFailed) else one_line(e)}"
     result["trial_seconds"] = time.time() - t0
     result["trial_started_at"] = t0
     shutil.rmtree(out_dir / "model", ignore_errors=True)  # weights are not kept

@@ -28,7 +28,7 @@ def test_tiny_lm_loads_with_documented_defaults(experiment):
     spec = load_spec(experiment)
     assert spec.name == "tiny_lm"
     assert spec.objective.metric == "heldout_loss" and spec.objective.mode == "min"
-    assert spec.budget.train_tokens == 163_840
+    assert spec.budget.train_tokens == 327_680
     assert spec.trial.workers == 1
     assert spec.selection.islands == 2
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from evolve import cli
+from evolve import cli, zygote
 from evolve.analysis import load_population
 from evolve.config import load_spec
 from evolve.runner import init_ray, prepare_run, run_search
@@ -24,6 +24,7 @@ def ray_cluster(tmp_path_factory):
     init_ray(spec, num_cpus=2)
     yield
     ray.shutdown()
+    zygote.shutdown()  # the one a trial started, if any is left
 
 
 @pytest.fixture(scope="module")

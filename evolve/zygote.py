@@ -1,0 +1,257 @@
+"""A warm process per node that forks one fresh child per rank of each trial.
+
+Ray Train starts new worker processes for every trial, and importing torch,
+transformers and DeepSpeed in each cost about 9 s of CPU on 2 cores. The
+zygote imports them once; each rank of each trial then runs in a child
+forked from it, warm within milliseconds.
+
+Isolation: the zygote is a plain Python process (no Ray threads, no CUDA
+context, no variant code). A variant's recipe is imported only in its child,
+which exits after one run, so nothing a variant does to its process (global
+state, monkeypatches, leaked threads) reaches the next variant or the
+zygote. A child whose Ray Train worker goes away (a stopped trial) notices
+its socket closing and exits.
+
+Protocol, over a Unix socket: the client sends one JSON line
+`{"op": "call", "fn": "module:function", "kwargs": {...}, "env": {...}, "log": path}`;
+the child calls `function(report, **kwargs)` and answers with JSON lines
+`{"pid": n}`, `{"report": {...}}`..., then `{"result": value}` or
+`{"error": "one line"}`, and closes. The sealed evaluation runs the same
+way, so neither the trial's process nor the zygote ever loads a variant.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import importlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+PRELOAD = ("numpy", "yaml", "torch", "torch.distributed", "transformers",
+           "transformers.models.gpt2.modeling_gpt2", "deepspeed")
+IDLE_EXIT_S = 600.0  # a zygote with no request and no child for this long exits
+START_TIMEOUT_S = 180.0  # the first start imports everything (longer on a loaded node)
+
+
+def socket_path() -> Path:
+    """Returns this node's zygote socket for this interpreter and accelerator setting."""
+    key = f"{sys.executable}|{os.environ.get('DS_ACCELERATOR', '')}|{Path(__file__).resolve()}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return Path(f"/tmp/evolve-zygote-{os.getuid()}-{digest}.sock")
+
+
+# -- server ----------------------------------------------------------------------
+def serve(path: Path) -> None:
+    """Imports the heavy modules, then forks a child per request until idle."""
+    for name in PRELOAD:
+        importlib.import_module(name)
+    import evolve.harness  # noqa: F401  (the children run it)
+
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(tmp))
+    server.listen(64)
+    os.replace(tmp, path)  # clients only ever see a socket that listens
+    inode = os.stat(path).st_ino
+    server.settimeout(1.0)
+    children: set[int] = set()
+    last_busy = time.monotonic()
+    try:
+        while True:
+            for pid in list(children):
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    children.discard(pid)
+            if children:
+                last_busy = time.monotonic()
+            try:
+                conn, _ = server.accept()
+            except socket.timeout:
+                if time.monotonic() - last_busy > IDLE_EXIT_S:
+                    return
+                continue
+            last_busy = time.monotonic()
+            conn.settimeout(10.0)
+            try:
+                request = json.loads(conn.makefile("r").readline() or "{}")
+            except (OSError, ValueError):
+                conn.close()
+                continue
+            op = request.get("op")
+            if op == "ping":
+                conn.sendall(b'{"pong": %d}\n' % os.getpid())
+                conn.close()
+                continue
+            if op == "shutdown":
+                conn.close()
+                return
+            pid = os.fork()
+            if pid == 0:
+                server.close()
+                os._exit(_child(conn, request))
+            children.add(pid)
+            conn.close()
+    finally:
+        server.close()
+        try:
+            if os.stat(path).st_ino == inode:  # not a newer zygote's socket
+                path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _send(conn: socket.socket, message: dict) -> None:
+    conn.sendall((json.dumps(message) + "\n").encode())
+
+
+def _child(conn: socket.socket, request: dict) -> int:
+    """Runs one rank of one trial; returns the exit status."""
+    os.setsid()
+    conn.settimeout(None)
+    os.environ.update(request.get("env", {}))
+    log = request.get("log")
+    if log:
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+
+    def watch():  # the client never writes again: EOF means it is gone
+        try:
+            conn.recv(1)
+        except OSError:
+            pass
+        os._exit(3)
+
+    try:
+        _send(conn, {"pid": os.getpid()})
+        threading.Thread(target=watch, daemon=True).start()
+        module, name = request["fn"].split(":")
+        fn = getattr(importlib.import_module(module), name)
+        result = fn(lambda point: _send(conn, {"report": point}), **request.get("kwargs", {}))
+        _send(conn, {"result": result})
+        return 0
+    except BaseException as e:  # the variant failed: its reason goes back, then exit
+        from evolve.harness import one_line
+
+        try:
+            _send(conn, {"error": one_line(e, request.get("recipe"))})
+        except OSError:
+            pass
+        return 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+
+# -- client ----------------------------------------------------------------------
+def _connect(path: Path) -> socket.socket | None:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(str(path))
+        return s
+    except OSError:
+        s.close()
+        return None
+
+
+def ping(path: Path | None = None) -> int | None:
+    """Returns the zygote's pid if one answers at `path`, else None."""
+    s = _connect(path or socket_path())
+    if s is None:
+        return None
+    with s:
+        s.settimeout(10.0)
+        try:
+            _send(s, {"op": "ping"})
+            return json.loads(s.makefile("r").readline())["pong"]
+        except (OSError, ValueError, KeyError):
+            return None
+
+
+def ensure(path: Path | None = None) -> Path:
+    """Starts this node's zygote unless one answers; returns its socket path."""
+    path = path or socket_path()
+    if ping(path):
+        return path
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one starter per node
+        if ping(path):
+            return path
+        log = open(path.with_suffix(".log"), "ab")
+        # --daemon forks once more and the first process exits at once, so
+        # the zygote is no child of the caller: Ray kills a worker's child
+        # processes when the worker exits, and the zygote must outlive trials.
+        proc = subprocess.Popen([sys.executable, "-m", "evolve.zygote", "--daemon", str(path)],
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                start_new_session=True, close_fds=True)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if ping(path):
+                return path
+            if proc.poll() not in (None, 0):
+                raise RuntimeError(f"zygote exited with status {proc.returncode}; see {log.name}")
+            time.sleep(0.2)
+        raise RuntimeError(f"zygote did not start within {START_TIMEOUT_S:g} s; see {log.name}")
+
+
+def shutdown(path: Path | None = None) -> bool:
+    """Asks this node's zygote to exit; returns whether one was there."""
+    s = _connect(path or socket_path())
+    if s is None:
+        return False
+    with s:
+        _send(s, {"op": "shutdown"})
+    return True
+
+
+class ChildFailed(RuntimeError):
+    """The forked training process failed; the message is its one-line reason."""
+
+
+def call(fn: str, kwargs: dict, *, env: dict | None = None, log: str | None = None,
+         recipe: str | None = None, on_report=None):
+    """Returns `fn(report, **kwargs)` run in a fresh child of this node's zygote.
+
+    `fn` is "module:function"; the child's reports go to `on_report`; a
+    failure raises ChildFailed with the child's one-line reason (pointing at
+    the line of `recipe` it came from, where given).
+    """
+    path = ensure()
+    conn = _connect(path)
+    if conn is None:
+        raise RuntimeError(f"zygote at {path} stopped answering")
+    pid = None
+    with conn:
+        _send(conn, {"op": "call", "fn": fn, "kwargs": kwargs, "env": env or {}, "log": log,
+                     "recipe": recipe})
+        for line in conn.makefile("r"):
+            msg = json.loads(line)
+            if "pid" in msg:
+                pid = msg["pid"]
+            elif "report" in msg:
+                if on_report is not None:
+                    on_report(msg["report"])
+            elif "error" in msg:
+                raise ChildFailed(msg["error"])
+            elif "result" in msg:
+                return msg["result"]
+    raise ChildFailed(f"process {pid} running {fn} ended without a result (killed or crashed)")
+
+
+def main(argv: list[str]) -> None:
+    if argv[0] == "--daemon":
+        if os.fork():
+            os._exit(0)
+        os.setsid()
+        argv = argv[1:]
+    serve(Path(argv[0]))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
