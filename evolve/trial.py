@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -62,26 +63,62 @@ def train_variant(config: dict) -> dict:
     )
     result = {"variant_id": config["variant_id"], "status": "failed", "failure_reason": None,
               "fitness": None, "metrics": {}, "summary": {}}
+    # The sealed evaluation starts as soon as rank 0 has written its summary,
+    # while Ray Train is still tearing the worker group down.
+    evaluation = _EvaluationWhenReady(out_dir, config)
     try:
         trainer.fit()
         result["summary"] = json.loads((out_dir / "summary.json").read_text())
     except Exception as e:  # the variant failed in training: record why, keep searching
         result["failure_reason"] = _failure_reason(out_dir, e)
+    metrics, error = evaluation.wait(trained=bool(result["summary"]))
     if result["summary"]:
-        t_eval = time.time()
-        try:
-            metrics = zygote.call("evolve.evaluation:evaluate_saved", {
-                "model_dir": str(out_dir / "model"), "experiment_root": config["experiment_root"],
-                "heldout": str(Path(config["data_dir"]) / "heldout.bin"), "task": config["task"],
-                "sealed": config["sealed"]}, log=str(out_dir / "evaluate.log"))
+        if error is None:
             result.update(status="completed", metrics=metrics, fitness=metrics[config["metric"]],
-                          eval_seconds=time.time() - t_eval)
-        except Exception as e:  # sealed files changed, or the weights do not load
-            result["failure_reason"] = f"sealed evaluation: {e if isinstance(e, zygote.ChildFailed) else one_line(e)}"
+                          eval_seconds=evaluation.seconds)
+        else:  # sealed files changed, or the weights do not load
+            result["failure_reason"] = f"sealed evaluation: {error}"
     result["trial_seconds"] = time.time() - t0
     result["trial_started_at"] = t0
     shutil.rmtree(out_dir / "model", ignore_errors=True)  # weights are not kept
     return result
+
+
+class _EvaluationWhenReady:
+    """Runs the sealed evaluation in a zygote child once summary.json appears."""
+
+    POLL_S = 0.05
+
+    def __init__(self, out_dir: Path, config: dict):
+        self.out_dir, self.config = out_dir, config
+        self.metrics, self.error, self.seconds = None, None, None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not (self.out_dir / "summary.json").exists():
+            if self._stop.wait(self.POLL_S):
+                return
+        t0 = time.time()
+        try:
+            self.metrics = zygote.call("evolve.evaluation:evaluate_saved", {
+                "model_dir": str(self.out_dir / "model"), "experiment_root": self.config["experiment_root"],
+                "heldout": str(Path(self.config["data_dir"]) / "heldout.bin"),
+                "task": self.config["task"], "sealed": self.config["sealed"]},
+                log=str(self.out_dir / "evaluate.log"))
+        except Exception as e:
+            self.error = str(e) if isinstance(e, zygote.ChildFailed) else one_line(e)
+        self.seconds = time.time() - t0
+
+    def wait(self, trained: bool) -> tuple[dict | None, str | None]:
+        """Returns (metrics, error); stops waiting at once if training failed."""
+        if not trained:
+            self._stop.set()
+        self._thread.join()
+        if trained and self.metrics is None and self.error is None:
+            self.error = "the evaluation did not run (no summary.json)"
+        return self.metrics, self.error
 
 
 def _worker_entry(config: dict) -> None:

@@ -1,0 +1,67 @@
+"""The warm zygote: fresh children per call, isolation, failures as one line."""
+
+import os
+import signal
+import time
+
+import pytest
+
+from evolve import zygote
+
+
+@pytest.fixture(scope="module")
+def warm(tmp_path_factory):
+    path = zygote.ensure()
+    pid = zygote.ping(path)
+    yield path
+    if zygote.ping(path) == pid:
+        zygote.shutdown(path)
+        for _ in range(50):
+            if zygote.ping(path) is None:
+                break
+            time.sleep(0.1)
+
+
+
+
+
+def test_calls_run_in_fresh_children_with_reports(warm):
+    reports = []
+    first = zygote.call("tests.zygote_targets:identify", {"n": 3}, on_report=reports.append)
+    second = zygote.call("tests.zygote_targets:identify", {"n": 0})
+    assert first["pid"] != second["pid"] != zygote.ping(warm)
+    assert first["parent"] == zygote.ping(warm)  # forked from the zygote itself
+    assert reports == [{"i": 0}, {"i": 1}, {"i": 2}]
+    assert first["torch_loaded_before"] is True  # preloaded: no import in the child
+
+
+def test_state_a_child_changes_does_not_reach_the_next(warm):
+    assert zygote.call("tests.zygote_targets:poison", {})["poisoned"] is True
+    assert zygote.call("tests.zygote_targets:is_poisoned", {})["poisoned"] is False
+
+
+def test_failures_come_back_as_one_line(warm):
+    with pytest.raises(zygote.ChildFailed, match=r"^ValueError: bad value 7$"):
+        zygote.call("tests.zygote_targets:fail", {"x": 7})
+    with pytest.raises(zygote.ChildFailed, match=r"ended without a result \(killed or crashed\)$"):
+        zygote.call("tests.zygote_targets:die", {})
+
+
+def test_a_child_exits_when_its_caller_goes_away(warm, tmp_path):
+    import json
+    import socket
+
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(str(warm))
+    s.sendall((json.dumps({"op": "call", "fn": "tests.zygote_targets:sleep", "kwargs": {"s": 60}}) + "\n").encode())
+    pid = json.loads(s.makefile("r").readline())["pid"]
+    s.close()
+    for _ in range(100):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        pytest.fail("the orphaned child kept running")

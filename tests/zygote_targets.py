@@ -1,0 +1,39 @@
+"""Functions the zygote tests run in forked children."""
+
+import os
+import sys
+import time
+
+
+def identify(report, n):
+    torch_loaded = "torch" in sys.modules
+    for i in range(n):
+        report({"i": i})
+    return {"pid": os.getpid(), "parent": os.getppid(), "torch_loaded_before": torch_loaded}
+
+
+def poison(report):
+    import torch
+
+    torch.nn.functional.cross_entropy = lambda *a, **k: 0.0  # a variant patching a shared module
+    os.environ["EVOLVE_POISON"] = "1"
+    return {"poisoned": True}
+
+
+def is_poisoned(report):
+    import torch
+
+    patched = torch.nn.functional.cross_entropy(torch.zeros(1, 2), torch.zeros(1, dtype=torch.long)) == 0.0
+    return {"poisoned": bool(patched) or "EVOLVE_POISON" in os.environ}
+
+
+def fail(report, x):
+    raise ValueError(f"bad value {x}")
+
+
+def die(report):
+    os._exit(9)
+
+
+def sleep(report, s):
+    time.sleep(s)
