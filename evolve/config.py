@@ -68,7 +68,6 @@ class Trial:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
     report_every: int = 10  # optimizer steps between learning-curve points
-    timeout_s: float = 900.0  # a trial's wall-clock limit; the trial is failed after it
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,7 @@
-"""The training loop that runs on every Ray Train worker and calls recipe hooks.
+"""The training loop of one rank: runs in a fresh zygote child, calls recipe hooks.
+
+`train_worker` is what Ray Train runs on each worker: a relay that has the
+node's zygote fork a child running `run_rank`, and reports what it streams.
 
 The harness owns everything the variant must not: the token budget, the
 model class (a transformers GPT-2 built from the recipe's config), the
