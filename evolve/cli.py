@@ -59,8 +59,6 @@ def cmd_run(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from evolve.analysis import fmt
-
     pop = _population(args.run_dir)
     counts = pop["status"].value_counts().to_dict() if not pop.empty else {}
     print(f"run: {args.run_dir}")
@@ -71,10 +69,8 @@ def cmd_status(args) -> int:
           f"{int(pop['tokens_trained'].fillna(0).sum()) if not pop.empty else 0:,} tokens trained")
     depth = max((len(pop.lineage(v)) - 1 for v in pop["variant_id"]), default=0)
     print(f"lineage depth: {depth}")
-    for line in summary_lines(args.run_dir)[1:2]:
+    for line in summary_lines(args.run_dir)[1:2]:  # best so far, against the seed
         print(line)
-    if not pop.empty:
-        print(f"best so far: {fmt(pop['fitness'].min() if pop.mode == 'min' else pop['fitness'].max())}")
     return 0
 
 
@@ -93,11 +89,14 @@ def cmd_show(args) -> int:
         print("result: not finished")
     else:
         r = rows.iloc[0]
-        print(f"status: {r['status']}" + (f"  reason: {r['failure_reason']}" if r["failure_reason"] else ""))
+        reason = r["failure_reason"] if isinstance(r["failure_reason"], str) else None
+        print(f"status: {r['status']}" + (f"  reason: {reason}" if reason else ""))
         print(f"fitness: {fmt(r['fitness'])}  metrics: {json.dumps(r['metrics'], sort_keys=True)}")
         print(f"train {fmt(r['train_seconds'], 1)} s of {fmt(r['trial_seconds'], 1)} s; "
               f"tokens {int(r['tokens_trained']) if r['tokens_trained'] == r['tokens_trained'] else '-'}")
-        for tokens, train_loss, dev_loss in r["curve"]:
+        curve = r["curve"]
+        step = max(1, -(-len(curve) // 8))  # at most about 8 points, the last always
+        for tokens, train_loss, dev_loss in curve[::-1][::step][::-1]:
             print(f"  curve tokens {tokens:>9,}  train {train_loss:.4f}  dev {dev_loss:.4f}")
     print(diff_against_parent(args.run_dir, vid) or "(no diff: the seed)")
     return 0
@@ -158,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("evolve: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

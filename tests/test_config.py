@@ -105,3 +105,15 @@ def test_cli_missing_experiment_exits_2(tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert "spec file not found" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_run_refuses_a_run_dir_that_holds_a_search(experiment, tmp_path, capsys):
+    from evolve import cli
+
+    run_dir = tmp_path / "run"
+    (run_dir / "population").mkdir(parents=True)
+    (run_dir / "population" / "0-abc.parquet").write_bytes(b"x")
+    assert cli.main(["run", str(experiment), "--run-dir", str(run_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"evolve: error: --run-dir: {str(run_dir.resolve())!r} already holds a search; choose another folder"
+    assert (run_dir / "population" / "0-abc.parquet").read_bytes() == b"x"  # nothing recorded is lost
