@@ -114,7 +114,7 @@ def run_variants(run_dir: Path, variants: dict[str, tuple[Path, int]]) -> dict[s
 def variant_dirs(tmp_path):
     seed = Path(__file__).parents[1] / "experiments" / "tiny_lm" / "scaffold"
 
-    def make(name, edit=None):
+    def make(name, edit=None, zero_stage=None):
         d = tmp_path / name
         d.mkdir()
         for p in seed.iterdir():
@@ -125,18 +125,22 @@ def variant_dirs(tmp_path):
             old, new = edit
             assert old in src
             (d / "recipe.py").write_text(src.replace(old, new))
+        if zero_stage is not None:
+            cfg = (d / "config.yaml").read_text()
+            (d / "config.yaml").write_text(cfg.replace("zero_stage: 0 ", f"zero_stage: {zero_stage} "))
+            assert f"zero_stage: {zero_stage} " in (d / "config.yaml").read_text()
         return d
 
     return make
 
 
-def test_failures_are_recorded_and_two_workers_train(ray_cluster, tmp_path, variant_dirs):
+def test_failures_are_recorded_and_two_zero2_workers_train(ray_cluster, tmp_path, variant_dirs):
     results = run_variants(tmp_path / "run", {
         "raises": (variant_dirs("raises", ('seq, bs = cfg["seq_len"], cfg["batch_size"]',
                                           'raise RuntimeError("no batches today")')), 1),
         "nan": (variant_dirs("nan", ("label_smoothing=cfg[\"label_smoothing\"])",
                                      "label_smoothing=cfg[\"label_smoothing\"]) * float(\"nan\")")), 1),
-        "two_workers": (variant_dirs("two_workers"), 2),
+        "two_workers": (variant_dirs("two_workers", zero_stage=2), 2),
     })
     raises, nan, two = results["raises"], results["nan"], results["two_workers"]
     assert raises["status"] == "failed" and raises["fitness"] is None
