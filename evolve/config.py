@@ -18,6 +18,9 @@ from typing import Any, get_args, get_origin, get_type_hints
 import yaml
 
 
+HARNESS_FILES = ("harness/data.py", "harness/evaluate.py")  # every experiment provides these
+
+
 class SpecError(ValueError):
     """A spec field has a bad value; the message is one line."""
 
@@ -177,6 +180,9 @@ def _check(spec: Spec) -> None:
     root = spec.root
     if not spec.path(spec.scaffold).is_dir():
         raise SpecError(f"scaffold: folder not found: {spec.scaffold!r}")
+    for rel in HARNESS_FILES:
+        if not spec.path(rel).is_file():
+            raise SpecError(f"experiment: {rel} not found in {str(root)!r}")
     if not spec.mutable:
         raise SpecError("mutable: must name at least one file")
     for rel in spec.mutable:

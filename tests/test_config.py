@@ -117,3 +117,10 @@ def test_run_refuses_a_run_dir_that_holds_a_search(experiment, tmp_path, capsys)
     err = capsys.readouterr().err.strip()
     assert err == f"evolve: error: --run-dir: {str(run_dir.resolve())!r} already holds a search; choose another folder"
     assert (run_dir / "population" / "0-abc.parquet").read_bytes() == b"x"  # nothing recorded is lost
+
+
+def test_experiment_without_its_sealed_evaluation_is_rejected(experiment):
+    (experiment / "harness" / "evaluate.py").unlink()
+    write_spec(experiment, sealed=["harness/data.py"])
+    with pytest.raises(SpecError, match=r"^experiment: harness/evaluate.py not found in '.*tiny_lm'$"):
+        load_spec(experiment)
