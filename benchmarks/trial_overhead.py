@@ -50,7 +50,11 @@ def main() -> None:
     print(f"per-trial overhead, median: {statistics.median(overhead):.1f} s "
           f"(start->first step {statistics.median(pre):.1f} s, last step->recorded {statistics.median(post):.1f} s; "
           f"min {overhead.min():.1f}, max {overhead.max():.1f})")
-    print(f"training span per trial, median: {statistics.median(train_span):.1f} s")
+    print(f"  of which: set-up in the training process {statistics.median(done['setup_seconds']):.1f} s, "
+          f"sealed evaluation {statistics.median(done['eval_seconds']):.1f} s (overlaps teardown); "
+          f"the rest is Ray Tune/Train starting and stopping actors")
+    print(f"training span per trial, median: {statistics.median(train_span):.1f} s "
+          f"(pure step time {statistics.median(done['train_seconds']):.1f} s; the rest is dev-loss points)")
     print(f"overhead / training span (median ratio): {statistics.median(overhead / train_span):.2f}")
     print(f"utilization (sum of training spans / (trial window x slots)): "
           f"{train_span.sum() / ((last_end - first_start) * args.concurrent):.2f}")

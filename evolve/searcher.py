@@ -172,6 +172,7 @@ class EvolveSearcher(Searcher):
             "train_seconds": summary.get("train_seconds"),
             "trial_seconds": outcome.get("trial_seconds"),
             "tokens_trained": summary.get("tokens_trained"),
+            "setup_seconds": summary.get("setup_seconds"), "eval_seconds": outcome.get("eval_seconds"),
             "trial_id": trial_id, "created_at": v.created_at,
             "started_at": outcome.get("trial_started_at"),
             "first_step_at": summary.get("first_step_at"), "last_step_at": summary.get("last_step_at"),

@@ -41,6 +41,8 @@ RESULT_SCHEMA = pa.schema([
     ("train_seconds", pa.float64()),  # pure training time (first step to last)
     ("trial_seconds", pa.float64()),  # trial start to result recorded
     ("tokens_trained", pa.int64()),
+    ("setup_seconds", pa.float64()),  # in the training process: recipe, model, DeepSpeed
+    ("eval_seconds", pa.float64()),  # the sealed evaluation
     ("trial_id", pa.string()),
     ("created_at", pa.float64()),  # proposed
     ("started_at", pa.float64()),  # the trial's process began this variant

@@ -23,6 +23,7 @@ way, so neither the trial's process nor the zygote ever loads a variant.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import importlib
 import json
@@ -40,9 +41,18 @@ IDLE_EXIT_S = 600.0  # a zygote with no request and no child for this long exits
 START_TIMEOUT_S = 180.0  # the first start imports everything (longer on a loaded node)
 
 
+@functools.lru_cache(maxsize=1)
+def _code_digest() -> str:
+    """Returns a hash of evolve's own source: a zygote never serves stale code."""
+    h = hashlib.sha256()
+    for f in sorted(Path(__file__).resolve().parent.rglob("*.py")):
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
 def socket_path() -> Path:
-    """Returns this node's zygote socket for this interpreter and accelerator setting."""
-    key = f"{sys.executable}|{os.environ.get('DS_ACCELERATOR', '')}|{Path(__file__).resolve()}"
+    """Returns this node's zygote socket for this interpreter, accelerator and code."""
+    key = f"{sys.executable}|{os.environ.get('DS_ACCELERATOR', '')}|{_code_digest()}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     return Path(f"/tmp/evolve-zygote-{os.getuid()}-{digest}.sock")
 
