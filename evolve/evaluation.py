@@ -31,6 +31,7 @@ def evaluate_saved(report, model_dir: str, experiment_root: str, heldout: str, t
     import torch
     from transformers import GPT2LMHeadModel
 
+    torch.set_num_threads(1)  # the trial holds no CPU; do not crowd the trials that train
     check_sealed(sealed)
     evaluate = load_module(Path(experiment_root) / "harness" / "evaluate.py", "evolve_sealed_evaluate")
     torch.manual_seed(0)
