@@ -26,13 +26,28 @@ class Population(pd.DataFrame):
         vid = self.best_id() if variant == "best" else resolve(self.run_dir, variant)
         if vid is None:
             return []
+        parents = dict(zip(self["variant_id"], self["parent_ids"]))
         store = Store(self.run_dir)
         chain = [vid]
         while True:
-            parents = store.get_variant(chain[-1]).parents
-            if not parents:
+            # the table has every finished variant; only unfinished ones need their manifest
+            ps = parents[chain[-1]] if chain[-1] in parents else store.get_variant(chain[-1]).parents
+            if len(ps) == 0:
                 return chain[::-1]
-            chain.append(parents[0])
+            chain.append(ps[0])
+
+    def depth(self) -> int:
+        """Returns the longest chain of first parents from the seed, in generations."""
+        parents = {v: (list(p)[0] if len(p) else None) for v, p in zip(self["variant_id"], self["parent_ids"])}
+        memo: dict[str, int] = {}
+
+        def d(v):
+            if v not in memo:
+                p = parents.get(v)
+                memo[v] = 0 if p is None or p not in parents else d(p) + 1
+            return memo[v]
+
+        return max((d(v) for v in parents), default=0)
 
     def best_id(self) -> str | None:
         done = self[(self["status"] == "completed") & self["fitness"].notna()]

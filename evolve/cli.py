@@ -19,12 +19,12 @@ def _population(run_dir: str):
     return load_population(run_dir)
 
 
-def summary_lines(run_dir: str) -> list[str]:
+def summary_lines(run_dir: str, pop=None) -> list[str]:
     """Returns the end-of-run report: best, its lineage, its loss against the seed's."""
     from evolve.analysis import fmt
     from evolve.store import Store
 
-    pop = _population(run_dir)
+    pop = _population(run_dir) if pop is None else pop
     if pop.empty:
         return ["no variant has finished yet"]
     metric = "fitness"
@@ -67,9 +67,8 @@ def cmd_status(args) -> int:
     trial = pop["trial_seconds"].fillna(0).sum() if not pop.empty else 0.0
     print(f"cost: {trial:.0f} trial-seconds, {train:.0f} of them training; "
           f"{int(pop['tokens_trained'].fillna(0).sum()) if not pop.empty else 0:,} tokens trained")
-    depth = max((len(pop.lineage(v)) - 1 for v in pop["variant_id"]), default=0)
-    print(f"lineage depth: {depth}")
-    for line in summary_lines(args.run_dir)[1:2]:  # best so far, against the seed
+    print(f"lineage depth: {pop.depth()}")
+    for line in summary_lines(args.run_dir, pop)[1:2]:  # best so far, against the seed
         print(line)
     return 0
 

@@ -13,9 +13,9 @@ address and nothing else, and the controller needs no torch at all.
    the relay never uses.
 2. `make_trainer` drops two default controller callbacks: the datasets
    callback, which starts a DatasetManager actor even when there are no
-   datasets, and (unless asked to keep it) the placement-group cleaner, a
-   detached actor per trial that only matters when a controller dies
-   without cleaning up, e.g. when a scheduler stops trials early.
+   datasets, and the placement-group cleaner, a detached actor per trial
+   that only matters when a controller dies without cleaning up. Nothing
+   here stops trials early; a scheduler that does (ASHA) needs it back.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class RendezvousConfig(BackendConfig):
         return _RendezvousBackend
 
 
-def make_trainer(*, keep_placement_group_cleaner: bool = False, **kwargs):
+def make_trainer(**kwargs):
     """Returns a TorchTrainer (Train V2) without the callbacks a trial does not need."""
     from ray.train.torch import TorchTrainer
     from ray.train.v2._internal.callbacks import DatasetsCallback
@@ -64,7 +64,7 @@ def make_trainer(*, keep_placement_group_cleaner: bool = False, **kwargs):
             for cb in super()._create_default_callbacks():
                 if isinstance(cb, DatasetsCallback) and not self.datasets:
                     continue
-                if isinstance(cb, PlacementGroupCleanerCallback) and not keep_placement_group_cleaner:
+                if isinstance(cb, PlacementGroupCleanerCallback):
                     continue
                 keep.append(cb)
             return keep

@@ -38,7 +38,7 @@ RESULT_SCHEMA = pa.schema([
     ("curve", pa.string()),  # JSON: [[tokens, train_loss, dev_loss], ...]
     ("final_train_loss", pa.float64()),
     ("final_dev_loss", pa.float64()),
-    ("train_seconds", pa.float64()),  # pure training time (first step to last)
+    ("train_seconds", pa.float64()),  # sum of step times (no dev-loss points, no reports)
     ("trial_seconds", pa.float64()),  # trial start to result recorded
     ("tokens_trained", pa.int64()),
     ("setup_seconds", pa.float64()),  # in the training process: recipe, model, DeepSpeed

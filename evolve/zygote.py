@@ -193,21 +193,22 @@ def ensure(path: Path | None = None) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one starter per node
         if ping(path):
             return path
-        log = open(path.with_suffix(".log"), "ab")
+        log = path.with_suffix(".log")
         # --daemon forks once more and the first process exits at once, so
         # the zygote is no child of the caller: Ray kills a worker's child
         # processes when the worker exits, and the zygote must outlive trials.
-        proc = subprocess.Popen([sys.executable, "-m", "evolve.zygote", "--daemon", str(path)],
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                start_new_session=True, close_fds=True)
+        with open(log, "ab") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "evolve.zygote", "--daemon", str(path)],
+                                    stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                    start_new_session=True, close_fds=True)
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if ping(path):
                 return path
             if proc.poll() not in (None, 0):
-                raise RuntimeError(f"zygote exited with status {proc.returncode}; see {log.name}")
+                raise RuntimeError(f"zygote exited with status {proc.returncode}; see {log}")
             time.sleep(0.2)
-        raise RuntimeError(f"zygote did not start within {START_TIMEOUT_S:g} s; see {log.name}")
+        raise RuntimeError(f"zygote did not start within {START_TIMEOUT_S:g} s; see {log}")
 
 
 def shutdown(path: Path | None = None) -> bool:

@@ -73,3 +73,17 @@ def test_each_result_file_is_a_complete_parquet_table(tmp_path):
 def test_load_population_of_missing_run_is_one_line_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a run directory"):
         load_population(tmp_path / "nope")
+
+
+def test_lineage_and_depth_follow_first_parents(tmp_path):
+    store = Store(tmp_path)
+    ids = {}
+    for name, parents in [("a", ()), ("b", ("a",)), ("c", ("b", "a")), ("d", ("a",))]:
+        v = Variant(files={"f": name * 64}, parents=tuple(ids[p] for p in parents))
+        ids[name] = store.put_variant(v)
+        store.append_result({"variant_id": v.id, "parent_ids": list(v.parents), "status": "completed",
+                             "fitness": {"a": 3.0, "b": 2.5, "c": 2.0, "d": 2.8}[name]})
+    pop = load_population(tmp_path)
+    assert pop.depth() == 2
+    assert pop.lineage("best") == [ids["a"], ids["b"], ids["c"]]
+    assert pop.lineage(ids["d"][:6]) == [ids["a"], ids["d"]]
