@@ -28,6 +28,7 @@ import hashlib
 import importlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -226,22 +227,38 @@ class ChildFailed(RuntimeError):
 
 
 def call(fn: str, kwargs: dict, *, env: dict | None = None, log: str | None = None,
-         recipe: str | None = None, on_report=None):
+         recipe: str | None = None, on_report=None, timeout_s: float | None = None):
     """Returns `fn(report, **kwargs)` run in a fresh child of this node's zygote.
 
     `fn` is "module:function"; the child's reports go to `on_report`; a
     failure raises ChildFailed with the child's one-line reason (pointing at
-    the line of `recipe` it came from, where given).
+    the line of `recipe` it came from, where given). A child still running
+    after `timeout_s` is killed, with everything it started.
     """
     path = ensure()
     conn = _connect(path)
     if conn is None:
         raise RuntimeError(f"zygote at {path} stopped answering")
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
     pid = None
     with conn:
         _send(conn, {"op": "call", "fn": fn, "kwargs": kwargs, "env": env or {}, "log": log,
                      "recipe": recipe})
-        for line in conn.makefile("r"):
+        lines = conn.makefile("r")
+        while True:
+            if deadline is not None:
+                conn.settimeout(max(0.001, deadline - time.monotonic()))
+            try:
+                line = lines.readline()
+            except (TimeoutError, socket.timeout):
+                if pid is not None:
+                    try:
+                        os.killpg(pid, signal.SIGKILL)  # the child leads its own session
+                    except ProcessLookupError:
+                        pass
+                raise ChildFailed(f"killed after {timeout_s:g} s without finishing") from None
+            if not line:
+                break
             msg = json.loads(line)
             if "pid" in msg:
                 pid = msg["pid"]

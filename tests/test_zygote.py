@@ -65,3 +65,28 @@ def test_a_child_exits_when_its_caller_goes_away(warm, tmp_path):
     else:
         os.kill(pid, signal.SIGKILL)
         pytest.fail("the orphaned child kept running")
+
+
+def _gone(pid: int, within_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_call_past_its_time_out_is_killed_with_what_it_started(warm, tmp_path):
+    pidfile = tmp_path / "pids"
+    t0 = time.monotonic()
+    with pytest.raises(zygote.ChildFailed, match=r"^killed after 2 s without finishing$"):
+        zygote.call("tests.zygote_targets:spawn_and_sleep", {"s": 60, "pidfile": str(pidfile)},
+                    timeout_s=2)
+    assert time.monotonic() - t0 < 10
+    pids = [int(p) for p in pidfile.read_text().split()]
+    for pid in pids:
+        if not _gone(pid):
+            os.kill(pid, signal.SIGKILL)
+            pytest.fail(f"process {pid} outlived its call's time-out")

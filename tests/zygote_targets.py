@@ -37,3 +37,13 @@ def die(report):
 
 def sleep(report, s):
     time.sleep(s)
+
+
+def spawn_and_sleep(report, s, pidfile):
+    import subprocess
+    import sys
+
+    grandchild = subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({s})"])
+    with open(pidfile, "w") as f:
+        f.write(f"{os.getpid()} {grandchild.pid}")
+    time.sleep(s)
