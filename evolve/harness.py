@@ -158,6 +158,32 @@ def run_rank(report, config: dict, rank: int, world: int) -> None:
         dist.destroy_process_group()
 
 
+def smoke_rank(report, config: dict) -> dict:
+    """Runs a variant for `config["max_steps"]` optimizer steps as one CPU rank; nothing is kept.
+
+    Reports {"imported": True} once the recipe has imported, so a caller
+    can tell an import failure from a failure in training.
+    """
+    import socket
+
+    import torch.distributed as dist
+
+    with socket.socket() as s:  # a free loopback port for a world of one
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1",
+                      LOCAL_RANK="0")
+    config = {**config, "resources": {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0},
+              "smoke": True}
+    dist.init_process_group(backend="gloo", init_method="env://", rank=0, world_size=1)
+    try:
+        t0 = time.time()
+        _train(config, 0, 1, Path(config["out_dir"]), report)
+        return {"seconds": time.time() - t0}
+    finally:
+        dist.destroy_process_group()
+
+
 def _dev_loss(model, dev, seq: int) -> float:
     import torch
 
@@ -184,6 +210,9 @@ def _train(config: dict, rank: int, world: int, out_dir: Path, report) -> None:
     meta = json.loads((Path(config["data_dir"]) / "meta.json").read_text())
     recipe = load_recipe(config["variant_dir"])
     settings = load_settings(config["variant_dir"])
+    smoke = bool(config.get("smoke"))
+    if smoke:
+        report({"imported": True})
 
     seq, bs = int(settings.get("seq_len", 0)), int(settings.get("batch_size", 0))
     if seq < 1 or bs < 1:
@@ -200,6 +229,8 @@ def _train(config: dict, rank: int, world: int, out_dir: Path, report) -> None:
     if total_steps < 1:
         raise RecipeError(f"config.yaml: one optimizer step needs {tokens_per_micro * gas:,} "
                           f"tokens, more than the budget of {config['train_tokens']:,}")
+    if smoke:  # a check before the trial: a few steps, nothing saved
+        total_steps = min(total_steps, int(config["max_steps"]))
     micro_steps = total_steps * gas
 
     optimizer = recipe.optimizer(model, settings)
@@ -245,9 +276,10 @@ def _train(config: dict, rank: int, world: int, out_dir: Path, report) -> None:
                          "dev_loss": dev_loss}
                 curve.append([tokens, point["train_loss"], dev_loss])
                 loss_sum, loss_n = 0.0, 0
-                report(point)
+                if not smoke:
+                    report(point)
     t_last = time.time()
-    if rank == 0:
+    if rank == 0 and not smoke:
         engine.module.save_pretrained(out_dir / "model", safe_serialization=True)
         summary = {"curve": curve, "train_seconds": train_seconds, "tokens_trained": micro_steps * tokens_per_micro,
                    "n_params": n_params, "optimizer_steps": total_steps, "setup_seconds": setup_seconds,
