@@ -105,3 +105,30 @@ def diff_against_parent(run_dir: str | Path, vid: str) -> str:
 
 def fmt(x, digits: int = 4) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def load_audit(run_dir: str | Path) -> pd.DataFrame:
+    """Returns the agent's audit table (one row per LLM call), messages parsed."""
+    from evolve import audit
+
+    df = audit.read(run_dir).to_pandas()
+    df["messages"] = df["messages"].map(lambda m: json.loads(m) if isinstance(m, str) else [])
+    return df
+
+
+def agent_lines(run_dir: str | Path) -> list[str]:
+    """Returns what the agent cost and how its proposals fared; empty if it never ran."""
+    df = load_audit(run_dir)
+    if df.empty:
+        return []
+    children = df[df["purpose"] == "child"]
+    per = children.groupby("proposal_id").agg(outcome=("outcome", "last"), stage=("stage", "last"))
+    rejected = per[per["outcome"] == "rejected"]["stage"].value_counts()
+    rej = ", ".join(f"{k} {v}" for k, v in sorted(rejected.items())) or "none"
+    price = df["price"].fillna(0).sum()
+    return [f"agent: {len(per)} proposals, {(per['outcome'] == 'accepted').sum()} accepted; "
+            f"rejected by stage: {rej}",
+            f"agent cost: {len(df)} calls, {int(df['prompt_tokens'].sum()):,} prompt + "
+            f"{int(df['completion_tokens'].sum()):,} completion tokens"
+            + (f", price {price:.4f}" if price else "")
+            + f", {df['latency_s'].sum():.0f} s waiting on the model"]

@@ -68,15 +68,51 @@ def cmd_status(args) -> int:
     print(f"cost: {trial:.0f} trial-seconds, {train:.0f} of them training; "
           f"{int(pop['tokens_trained'].fillna(0).sum()) if not pop.empty else 0:,} tokens trained")
     print(f"lineage depth: {pop.depth()}")
+    from evolve.analysis import agent_lines
+
+    for line in agent_lines(args.run_dir):
+        print(line)
     for line in summary_lines(args.run_dir, pop)[1:2]:  # best so far, against the seed
         print(line)
     return 0
+
+
+def show_notebook(run_dir: str, version: int | None) -> int:
+    from evolve import notebook
+
+    versions = notebook.versions(run_dir)
+    if not versions:
+        print("notebook: empty (the LLM operator has not written one)")
+        return 0
+    chosen = versions[-1] if version is None else next((v for v in versions if v["version"] == version), None)
+    if chosen is None:
+        raise SpecError(f"--version: no notebook version {version} (have 1 to {len(versions)})")
+    print(f"notebook version {chosen['version']} of {len(versions)}  model {chosen['model']}  "
+          f"proposal {chosen['proposal_id']}")
+    print(chosen["text"])
+    return 0
+
+
+def show_prompt(run_dir: str, vid: str, record: dict) -> None:
+    from evolve.analysis import load_audit
+
+    df = load_audit(run_dir)
+    rows = df[df["proposal_id"] == record.get("proposal_id")].sort_values("attempt")
+    if rows.empty:
+        print("prompt: none (not written by the LLM operator)")
+        return
+    last = rows.iloc[-1]
+    for m in last["messages"]:
+        print(f"--- {m['role']} ---\n{m['content']}")
+    print(f"--- reply ---\n{last['reply']}")
 
 
 def cmd_show(args) -> int:
     from evolve.analysis import diff_against_parent, fmt, resolve
     from evolve.store import Store
 
+    if args.variant == "notebook":
+        return show_notebook(args.run_dir, args.version)
     vid = resolve(args.run_dir, args.variant)
     v = Store(args.run_dir).get_variant(vid)
     print(f"variant {vid}  island {v.island}  parents {', '.join(v.parents) or '-'}")
@@ -98,6 +134,8 @@ def cmd_show(args) -> int:
         for tokens, train_loss, dev_loss in curve[::-1][::step][::-1]:
             print(f"  curve tokens {tokens:>9,}  train {train_loss:.4f}  dev {dev_loss:.4f}")
     print(diff_against_parent(args.run_dir, vid) or "(no diff: the seed)")
+    if args.prompt:
+        show_prompt(args.run_dir, vid, v.record)
     return 0
 
 
@@ -132,9 +170,11 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", help="population so far: best, counts, cost")
     s.add_argument("run_dir", type=_existing_run)
     s.set_defaults(func=cmd_status)
-    sh = sub.add_parser("show", help="a variant's diff, operator record and metrics")
+    sh = sub.add_parser("show", help="a variant's diff, operator record and metrics; or the notebook")
     sh.add_argument("run_dir", type=_existing_run)
-    sh.add_argument("variant", help="variant id or a unique prefix")
+    sh.add_argument("variant", help="variant id or a unique prefix, or 'notebook' for the agent's notes")
+    sh.add_argument("--prompt", action="store_true", help="also print the conversation that wrote it")
+    sh.add_argument("--version", type=int, help="with 'notebook': that version (default the latest)")
     sh.set_defaults(func=cmd_show)
     c = sub.add_parser("checkout", help="write a variant's files to a folder")
     c.add_argument("run_dir", type=_existing_run)

@@ -37,6 +37,7 @@ class Budget:
     concurrent: int = 2  # trials at once
     train_tokens: int = 200_000  # tokens each trial trains on, fixed by the harness
     # the variant cannot raise it
+    llm_tokens: int = 0  # prompt + completion tokens the LLM operator may spend; 0 = no limit
 
 
 @dataclass(frozen=True)
@@ -52,9 +53,41 @@ class Heuristic:
     crossover_rate: float = 0.25  # chance a child mixes two parents
 
 
+MODEL_FIELDS = ("model", "weight", "backend", "base_url", "api_key_env", "temperature",
+                "max_tokens", "price_prompt", "price_completion")
+
+
 @dataclass(frozen=True)
 class Operator:
-    kind: str = "heuristic"  # only "heuristic" in this version
+    """How children are written: the heuristic operator, or an LLM agent.
+
+    The endpoint fields describe one model; `models` lists several, each a
+    mapping of MODEL_FIELDS that inherits what it leaves out from here, and
+    one is drawn per proposal by `weight`.
+    """
+
+    kind: str = "heuristic"  # "heuristic" or "llm"
+    backend: str = "openai"  # "openai": any OpenAI-compatible endpoint; "transformers": a local folder
+    base_url: str = ""  # e.g. http://127.0.0.1:8000/v1; empty: no endpoint (the heuristic operator runs)
+    model: str = ""  # the model's name at the endpoint, or the folder of a local transformers model
+    api_key_env: str = ""  # the NAME of the environment variable holding the key (never the key)
+    temperature: float = 0.7
+    max_tokens: int = 4096  # completion tokens per reply
+    timeout_s: float = 120.0  # per request
+    retries: int = 3  # on 429, 5xx, time-outs and lost connections, with exponential back-off
+    models: list = field(default_factory=list)
+    price_prompt: float = 0.0  # price per million prompt tokens, for the audit
+    price_completion: float = 0.0  # price per million completion tokens
+    repair_rounds: int = 1  # times a rejected reply is sent back with its error
+    parallel: int = 2  # proposals being written at once
+    ahead: int = 2  # checked proposals kept ready for free trial slots
+    wait_s: float = 60.0  # a free slot waits this long for the agent, then gets a heuristic child
+    smoke_steps: int = 2  # optimizer steps of the smoke run before a trial; 0 skips it
+    smoke_timeout_s: float = 120.0  # the smoke run is killed after this
+    notebook_every: int = 4  # results between research-notebook updates; 0: no notebook
+    inspirations: int = 2  # other strong variants shown in a prompt
+    max_failures: int = 3  # failures in a row before the heuristic operator takes over
+    probe_every_s: float = 60.0  # while fallen back, how often the agent is tried again
     heuristic: Heuristic = field(default_factory=Heuristic)
 
 
@@ -204,8 +237,9 @@ def _check(spec: Spec) -> None:
     for name in ("trials", "concurrent", "train_tokens"):
         if getattr(b, name) < 1:
             raise SpecError(f"budget.{name}: must be at least 1, got {getattr(b, name)!r}")
-    if spec.operator.kind != "heuristic":
-        raise SpecError(f"operator.kind: unknown operator {spec.operator.kind!r} (available: heuristic)")
+    if b.llm_tokens < 0:
+        raise SpecError(f"budget.llm_tokens: must be 0 (no limit) or more, got {b.llm_tokens!r}")
+    _check_operator(spec.operator)
     h = spec.operator.heuristic
     if h.file not in spec.mutable:
         raise SpecError(f"operator.heuristic.file: {h.file!r} is not in the mutable surface")
@@ -234,6 +268,69 @@ def _check(spec: Spec) -> None:
         raise SpecError(f"trial.gpus_per_worker: must be 0 or more, got {t.gpus_per_worker!r}")
     if t.report_every < 1:
         raise SpecError(f"trial.report_every: must be at least 1, got {t.report_every!r}")
+
+
+def _check_model(name: str, m: dict) -> None:
+    if m["backend"] not in ("openai", "transformers"):
+        raise SpecError(f"{name}.backend: expected 'openai' or 'transformers', got {m['backend']!r}")
+    if m["backend"] == "openai" and m["base_url"] and not m["model"]:
+        raise SpecError(f"{name}.model: empty; name the model the endpoint at {m['base_url']} serves")
+    if m["backend"] == "transformers" and not Path(str(m["model"])).is_dir():
+        raise SpecError(f"{name}.model: local model folder not found: {m['model']!r}")
+    if not 0.0 <= m["temperature"] <= 2.0:
+        raise SpecError(f"{name}.temperature: expected 0..2, got {m['temperature']!r}")
+    if m["max_tokens"] < 1:
+        raise SpecError(f"{name}.max_tokens: must be at least 1, got {m['max_tokens']!r}")
+    for key in ("weight", "price_prompt", "price_completion"):
+        if m[key] < 0:
+            raise SpecError(f"{name}.{key}: must be 0 or more, got {m[key]!r}")
+
+
+def model_entries(op: Operator) -> list[dict]:
+    """Returns the operator's models, each a full mapping of MODEL_FIELDS, checked."""
+    base = {k: getattr(op, k) for k in MODEL_FIELDS if k != "weight"} | {"weight": 1.0}
+    raw = op.models or ([{}] if op.base_url or op.backend == "transformers" else [])
+    out = []
+    for i, entry in enumerate(raw):
+        name = f"operator.models[{i}]" if op.models else "operator"
+        if not isinstance(entry, dict):
+            raise SpecError(f"{name}: expected a mapping, got {entry!r}")
+        unknown = sorted(set(entry) - set(MODEL_FIELDS))
+        if unknown:
+            raise SpecError(f"{name}.{unknown[0]}: unknown field (allowed: {', '.join(MODEL_FIELDS)})")
+        m = {**base, **entry}
+        for key in ("temperature", "weight", "price_prompt", "price_completion"):
+            if isinstance(m[key], bool) or not isinstance(m[key], (int, float)):
+                raise SpecError(f"{name}.{key}: expected a number, got {m[key]!r}")
+        if isinstance(m["max_tokens"], bool) or not isinstance(m["max_tokens"], int):
+            raise SpecError(f"{name}.max_tokens: expected an integer, got {m['max_tokens']!r}")
+        for key in ("model", "backend", "base_url", "api_key_env"):
+            if not isinstance(m[key], str):
+                raise SpecError(f"{name}.{key}: expected str, got {m[key]!r}")
+        _check_model(name, m)
+        out.append(m)
+    if out and not any(m["weight"] > 0 for m in out):
+        raise SpecError("operator.models: every weight is 0")
+    return out
+
+
+def _check_operator(op: Operator) -> None:
+    if op.kind not in ("heuristic", "llm"):
+        raise SpecError(f"operator.kind: unknown operator {op.kind!r} (available: heuristic, llm)")
+    model_entries(op)
+    for name in ("repair_rounds", "ahead", "smoke_steps", "notebook_every", "retries"):
+        if getattr(op, name) < 0:
+            raise SpecError(f"operator.{name}: must be 0 or more, got {getattr(op, name)!r}")
+    for name in ("parallel", "max_failures"):
+        if getattr(op, name) < 1:
+            raise SpecError(f"operator.{name}: must be at least 1, got {getattr(op, name)!r}")
+    for name in ("timeout_s", "smoke_timeout_s", "probe_every_s"):
+        if getattr(op, name) <= 0:
+            raise SpecError(f"operator.{name}: must be above 0, got {getattr(op, name)!r}")
+    if op.wait_s < 0:
+        raise SpecError(f"operator.wait_s: must be 0 or more, got {op.wait_s!r}")
+    if op.inspirations < 0:
+        raise SpecError(f"operator.inspirations: must be 0 or more, got {op.inspirations!r}")
 
 
 def build_spec(raw: dict, root: Path, name: str) -> Spec:

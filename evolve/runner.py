@@ -17,7 +17,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 import yaml
 
 from evolve import zygote
-from evolve.config import Spec, SpecError
+from evolve.config import Spec, SpecError, model_entries
 from evolve.evaluation import load_module
 from evolve.governance import hash_files, sealed_paths
 from evolve.store import Store, atomic_write
@@ -99,7 +99,8 @@ def prepare_run(spec: Spec, run_dir: Path) -> tuple[dict, dict]:
     if spec.trial.gpus_per_worker == 0:
         build_deepspeed_ops()
     context = {
-        "experiment_root": str(spec.root), "data_dir": str(run_dir / "data"), "task": spec.task,
+        "experiment_root": str(spec.root), "run_dir": str(run_dir), "data_dir": str(run_dir / "data"),
+        "task": spec.task,
         "sealed": sealed, "metric": spec.objective.metric, "seed": spec.seed,
         "train_tokens": spec.budget.train_tokens, "report_every": spec.trial.report_every,
         "train_storage": str(run_dir / "train"),
@@ -107,6 +108,17 @@ def prepare_run(spec: Spec, run_dir: Path) -> tuple[dict, dict]:
                       "gpus_per_worker": spec.trial.gpus_per_worker},
     }
     return meta, context
+
+
+def check_api_keys(spec: Spec) -> None:
+    """Raises SpecError if a model names a key variable this environment lacks (the key is not read here)."""
+    if spec.operator.kind != "llm":
+        return
+    for m in model_entries(spec.operator):
+        name = m["api_key_env"]
+        if name and not os.environ.get(name):
+            raise SpecError(f"operator.api_key_env: environment variable {name} is not set "
+                            f"(it should hold the key for {m['base_url'] or m['model']})")
 
 
 def run_search(spec: Spec, run_dir: str | os.PathLike, log=print):
@@ -117,6 +129,7 @@ def run_search(spec: Spec, run_dir: str | os.PathLike, log=print):
     from evolve.trial import TRIAL_RESOURCES, trainable
 
     run_dir = Path(run_dir).resolve()
+    check_api_keys(spec)
     if any((run_dir / "population").glob("*.parquet")):
         raise SpecError(f"--run-dir: {str(run_dir)!r} already holds a search; choose another folder")
     meta, context = prepare_run(spec, run_dir)
@@ -136,6 +149,9 @@ def run_search(spec: Spec, run_dir: str | os.PathLike, log=print):
     try:
         tuner.fit()
     finally:
+        searcher.close()
         if zygote.ping() == zygote_pid:  # ours, not another search's
             zygote.shutdown()
+    if searcher.llm is not None:
+        log("evolve: " + searcher.llm.summary())
     return searcher

@@ -18,7 +18,9 @@ from ray.tune.search import Searcher
 
 from evolve import population as pop
 from evolve.governance import surface_violations
+from evolve.governance import sealed_paths
 from evolve.operators.heuristic import crossover, perturb
+from evolve.operators.llm import DONE, WAIT, LLMOperator
 from evolve.store import Store, atomic_write
 from evolve.variant import Variant
 
@@ -40,6 +42,10 @@ class EvolveSearcher(Searcher):
         prefix = spec.scaffold.rstrip("/") + "/"
         self.mutable = [m[len(prefix):] for m in spec.mutable]
         self.settings_file = spec.operator.heuristic.file[len(prefix):]
+        scaffold = spec.path(spec.scaffold).resolve()
+        self.sealed_in_scaffold = sorted(p.relative_to(scaffold).as_posix()
+                                         for p in sealed_paths(spec.root, spec.sealed)
+                                         if p.is_relative_to(scaffold))
         self.rng = random.Random(spec.seed)
         self.variants: dict[str, Variant] = {}
         self.results: dict[str, dict] = {}  # variant id -> {"status", "fitness", ...}
@@ -51,6 +57,9 @@ class EvolveSearcher(Searcher):
                        record={"kind": "seed", "rationale": "the scaffold as written"})
         self.seed_id = seed.id
         self._pending_seed = seed
+        self.llm = LLMOperator(spec, trial_context, log) if spec.operator.kind == "llm" else None
+        if self.llm is not None:
+            self.llm.start()
 
     # -- Tune's contract -------------------------------------------------------
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
@@ -62,13 +71,20 @@ class EvolveSearcher(Searcher):
         if self._pending_seed is not None:
             child, self._pending_seed = self._pending_seed, None
         else:
-            child = self._propose()
+            got = self.llm.take(self) if self.llm is not None else None
+            if got == WAIT:
+                return None  # Tune asks again shortly; the agent is writing
+            if got == DONE:
+                return Searcher.FINISHED
+            child = got if isinstance(got, Variant) else self._propose()
             if child is None:
                 self.log(f"evolve: no new variant after {MAX_DUPLICATE_TRIES} tries; stopping")
                 return Searcher.FINISHED
         self._admit(child)
         self.live[trial_id] = child.id
         self.n_suggested += 1
+        if self.llm is not None:
+            self.llm.pump(self)  # keep the agent writing ahead of the next free slot
         return self._trial_config(child.id, trial_id)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
@@ -80,6 +96,11 @@ class EvolveSearcher(Searcher):
             outcome = {"status": "failed", "fitness": None,
                        "failure_reason": "the trial process errored before reporting (see Tune's error.txt)"}
         self._record(vid, trial_id, outcome)
+
+    def close(self) -> None:
+        """Stops the agent's threads (proposals still being written are dropped)."""
+        if self.llm is not None:
+            self.llm.close()
 
     def save(self, checkpoint_path: str):
         state = {k: v for k, v in self.__dict__.items() if k not in ("store", "log")}
@@ -179,10 +200,13 @@ class EvolveSearcher(Searcher):
             "finished_at": time.time(),
         }
         self.store.append_result(row)  # durable before the searcher counts it
-        self.results[vid] = {"status": outcome["status"], "fitness": fitness}
+        self.results[vid] = {"status": outcome["status"], "fitness": fitness, "curve": curve,
+                             "metrics": row["metrics"]}
         self.n_recorded += 1
         self._migrate_if_due()
         self.log(self._result_line(vid, outcome))
+        if self.llm is not None:
+            self.llm.on_result(self, vid, outcome)
 
     def _migrate_if_due(self) -> None:
         if self.n_recorded % self.spec.selection.migrate_every:

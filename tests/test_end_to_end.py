@@ -150,3 +150,96 @@ def test_failures_are_recorded_and_two_zero2_workers_train(ray_cluster, tmp_path
     assert two["status"] == "completed" and two["summary"]["world_size"] == 2
     # two ranks share the budget: half the micro-steps each, same tokens in all
     assert two["summary"]["tokens_trained"] == 8192 and two["fitness"] > 0
+
+
+def _recipe_reply(body, old, new, why):
+    return ("RATIONALE: " + why + "\n\nFILE: recipe.py\n<<<<<<< SEARCH\n" + old + "\n=======\n" + new
+            + "\n>>>>>>> REPLACE\n")
+
+
+def scripted_agent():
+    """A responder that answers child requests with a fixed run of bad replies, then valid ones."""
+    from tests.agent_replies import EMPTY, MALFORMED, NOTEBOOK_TEXT, OUTSIDE_EDIT, SEALED_EDIT, lr_edit
+    from tests.openai_server import Reply
+
+    n = {"child": 0}
+    never = Reply(never=True)
+    script = {
+        1: SEALED_EDIT, 2: OUTSIDE_EDIT,  # a proposal and its repair: policy, twice
+        3: MALFORMED, 4: EMPTY,  # parse, twice
+        5: Reply(text="x" * 10_000_000),  # 10 MB: refused by the client, no repair
+        6: Reply(status=429, headers={"Retry-After": "0"}),  # retried, then 7 is valid
+        8: Reply(status=500), 9: Reply(status=500),  # both tries fail
+        10: never, 11: never,  # both tries time out
+        12: "import", 13: "smoke",  # fails to import, then its repair fails in training
+    }
+
+    def respond(body):
+        if "research notebook" in body["messages"][0]["content"]:
+            return Reply(text=NOTEBOOK_TEXT)
+        n["child"] += 1
+        got = script.get(n["child"])
+        if got == "import":
+            return Reply(text=_recipe_reply(body, "import torch", "import torch\nimport no_such_module_anywhere",
+                                            "use a faster kernel module"))
+        if got == "smoke":
+            return Reply(text=_recipe_reply({"messages": body["messages"][:2]},
+                                            '    """Returns the training loss: cross-entropy with optional label smoothing."""',
+                                            "    raise RuntimeError('refuses to train')", "fail loudly"))
+        return got or Reply(text=lr_edit(body, 1.0 + 0.15 * n["child"]))
+
+    return respond
+
+
+@pytest.fixture(scope="module")
+def llm_search(ray_cluster, tmp_path_factory):
+    """A real search whose children the scripted agent writes over HTTP."""
+    from tests.openai_server import ScriptedOpenAI
+
+    run_dir = tmp_path_factory.mktemp("llmrun") / "tiny"
+    with ScriptedOpenAI(scripted_agent()) as server:
+        spec = load_spec(Path(__file__).parents[1] / "experiments" / "tiny_lm", TINY + [
+            "budget.trials=5", "budget.concurrent=2", "operator.kind=llm", f"operator.base_url={server.url}",
+            "operator.model=scripted-coder", "operator.parallel=1", "operator.ahead=1", "operator.retries=1",
+            "operator.timeout_s=2", "operator.max_failures=8", "operator.notebook_every=2",
+            "operator.price_prompt=1.0", "operator.price_completion=2.0"])
+        lines = []
+        searcher = run_search(spec, run_dir, log=lines.append)
+    return run_dir, lines, searcher
+
+
+def test_llm_children_are_trained_and_bad_replies_rejected(llm_search, capsys):
+    from evolve.analysis import load_audit
+
+    run_dir, lines, searcher = llm_search
+    pop = load_population(run_dir)
+    assert len(pop) == 5 and (pop["status"] == "completed").all(), pop[["status", "failure_reason"]]
+    llm = pop[pop["operator"] == "llm"]
+    assert len(llm) == 4
+    for _, row in llm.iterrows():
+        assert row["record"]["rationale"].startswith("scale the peak learning rate")
+        assert row["record"]["prompt_tokens"] > 0 and row["record"]["price"] > 0
+        assert row["record"]["smoke_seconds"] > 0
+    audit = load_audit(run_dir)
+    bad = audit[audit["stage"].notna()]
+    reasons = set(zip(bad["stage"], bad["reason"]))
+    expect = [("policy", "FILE: harness/evaluate.py: sealed"), ("policy", "FILE: helpers/fast.py: outside"),
+              ("parse", "reply has no RATIONALE"), ("parse", "reply is empty"),
+              ("endpoint", f"{searcher.llm.entries[0]['base_url']}: reply of 10,000,0"),
+              ("endpoint", f"{searcher.llm.entries[0]['base_url']}: HTTP 500 (2 tries)"),
+              ("endpoint", f"{searcher.llm.entries[0]['base_url']}: no reply within 2 s (2 tries)"),
+              ("import", "ModuleNotFoundError: No module named 'no_such_module_anywhere'"),
+              ("smoke", "RuntimeError: refuses to train")]
+    for stage, start in expect:
+        assert any(s == stage and r.startswith(start) for s, r in reasons), (stage, start, reasons)
+    assert searcher.llm.rejections == {"policy": 1, "parse": 1, "endpoint": 3, "smoke": 1}
+    assert any(ln.startswith("evolve: agent: 4 proposals accepted") for ln in lines)
+    child = llm.iloc[0]["variant_id"]
+    assert cli.main(["show", str(run_dir), child, "--prompt"]) == 0
+    out = capsys.readouterr().out
+    assert "scale the peak learning rate" in out and "--- user ---" in out and "--- a/config.yaml" in out
+    assert cli.main(["show", str(run_dir), "notebook"]) == 0
+    assert "raising lr helped once" in capsys.readouterr().out
+    assert cli.main(["status", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "agent:" in out and "rejected by stage:" in out and "smoke 1" in out

@@ -1,0 +1,196 @@
+"""The LLM operator inside the searcher, against a real HTTP endpoint on 127.0.0.1.
+
+Trials are simulated here (the searcher is driven the way Tune drives it);
+tests/test_end_to_end.py trains the LLM's children for real.
+"""
+
+import json
+import time
+
+import pytest
+from ray.tune.search import Searcher
+
+from evolve import audit, notebook
+from evolve.analysis import load_population
+from evolve.config import load_spec
+from evolve.runner import scaffold_files
+from evolve.searcher import EvolveSearcher
+from evolve.store import Store
+from tests.agent_replies import EMPTY, MALFORMED, NOTEBOOK_TEXT, OUTSIDE_EDIT, SEALED_EDIT, counting_responder, lr_edit
+from tests.openai_server import Reply, ScriptedOpenAI
+
+FAST = ["operator.kind=llm", "operator.model=scripted", "operator.smoke_steps=0", "operator.parallel=1",
+        "operator.ahead=1", "operator.retries=0", "operator.timeout_s=5", "operator.wait_s=30",
+        "operator.notebook_every=0"]
+
+
+@pytest.fixture
+def server():
+    with ScriptedOpenAI(counting_responder()) as s:
+        yield s
+
+
+def make(experiment, tmp_path, server_url, *overrides):
+    spec = load_spec(experiment, FAST + [f"operator.base_url={server_url}", *overrides])
+    lines = []
+    run = tmp_path / "run"
+    searcher = EvolveSearcher(spec, Store(run), {"run_dir": str(run)}, scaffold_files(spec), log=lines.append)
+    return searcher, lines, run
+
+
+def fitness_of(searcher, vid):
+    """A made-up fitness: a higher lr scores better, so LLM children can win."""
+    files = searcher.store.read_files(searcher.variants[vid])
+    lr = float([ln for ln in files["config.yaml"].decode().splitlines() if ln.startswith("lr:")][0].split()[1])
+    return 3.0 - lr * 100
+
+
+def drive(searcher, trials, deadline_s=60):
+    """Runs `trials` simulated trials one at a time; returns the configs suggested."""
+    configs, t_end = [], time.monotonic() + deadline_s
+    while len(configs) < trials and time.monotonic() < t_end:
+        tid = f"t{len(configs)}"
+        cfg = searcher.suggest(tid)
+        if cfg is None:
+            time.sleep(0.02)
+            continue
+        if cfg == Searcher.FINISHED:
+            break
+        configs.append(cfg)
+        fit = fitness_of(searcher, cfg["variant_id"])
+        searcher.on_trial_complete(tid, {"result_json": json.dumps({
+            "status": "completed", "fitness": fit, "metrics": {"heldout_loss": fit},
+            "summary": {"curve": [[100, fit + 0.1, fit + 0.05]]}})})
+    searcher.close()
+    return configs
+
+
+def test_children_are_checked_recorded_and_audited(experiment, tmp_path, server):
+    searcher, lines, run = make(experiment, tmp_path, server.url, "budget.trials=5", "operator.max_failures=10")
+    # proposal 1 is rejected for a sealed edit, its repair round is a valid edit;
+    # proposal 2 edits outside the surface, then its repair does not parse;
+    # proposal 3 is empty twice; later ones are valid.
+    first = {"n": 0}
+
+    def scripted(body):
+        first["n"] += 1
+        n = first["n"]
+        if n == 1:
+            return SEALED_EDIT
+        if n == 2:
+            return Reply(text=lr_edit({"messages": body["messages"][:2]}, 1.5, " (repaired)"))
+        if n == 3:
+            return OUTSIDE_EDIT
+        if n == 4:
+            return MALFORMED
+        if n in (5, 6):
+            return EMPTY
+        return Reply(text=lr_edit(body, 1.0 + 0.1 * n))
+
+    server.responder = scripted
+    configs = drive(searcher, 5)
+    assert len(configs) == 5
+    pop = load_population(run)
+    llm = pop[pop["operator"] == "llm"]
+    assert len(llm) == 4 and all(r["rationale"].startswith("scale the peak") for r in llm["record"])
+    assert llm.iloc[0]["record"]["repairs"] == 1 and "(repaired)" in llm.iloc[0]["record"]["rationale"]
+    table = audit.read(run).to_pandas()
+    p1 = table[table["proposal_id"] == llm.iloc[0]["record"]["proposal_id"]].sort_values("attempt")
+    assert p1.iloc[0]["stage"] == "policy" and p1["stage"].isna().iloc[1]
+    assert p1.iloc[0]["reason"] == "FILE: harness/evaluate.py: sealed; the agent may not change it"
+    assert (p1["variant_id"] == llm.iloc[0]["variant_id"]).all() and (p1["outcome"] == "accepted").all()
+    rejected = table[table["outcome"] == "rejected"].sort_values(["created_at", "attempt"])
+    assert list(zip(rejected["stage"], rejected["reason"].str[:30])) == [
+        ("policy", "FILE: helpers/fast.py: outside"), ("parse", "reply has no RATIONALE"),
+        ("parse", "reply is empty"), ("parse", "reply is empty")]
+    assert rejected["variant_id"].isna().all()
+    # the repair round showed the agent its own reply and the reason
+    repair = server.requests[1]["body"]["messages"]
+    assert repair[-2]["role"] == "assistant" and "sealed" in repair[-1]["content"]
+    assert searcher.llm.rejections == {"parse": 2}  # a proposal counts at the stage that ended it
+    assert (table["prompt_tokens"] > 0).all() and (table["latency_s"] >= 0).all()
+    # a later prompt shows the rejections as recent failures
+    last_prompt = server.requests[-1]["body"]["messages"][1]["content"]
+    assert "a proposal rejected at parse: reply is empty" in last_prompt
+
+
+def test_fallback_to_heuristic_and_recovery(experiment, tmp_path, server):
+    server.responder = lambda body: Reply(status=500)
+    searcher, lines, run = make(experiment, tmp_path, server.url, "budget.trials=6",
+                                "operator.max_failures=2", "operator.probe_every_s=0.5",
+                                "operator.repair_rounds=0")
+    configs = drive(searcher, 3)
+    assert len(configs) == 3
+    down = [ln for ln in lines if "takes over" in ln]
+    assert down == ["evolve: the LLM operator failed 2 times in a row (last: rejected at endpoint: "
+                    f"{server.url}: HTTP 500 (1 tries)); the heuristic operator takes over until it recovers"]
+    ops = [searcher.variants[c["variant_id"]].operator for c in configs]
+    assert ops[0] == "seed" and set(ops[1:]) <= {"perturb", "crossover"}
+    server.responder = counting_responder()
+    time.sleep(0.6)
+    searcher2_configs = drive(searcher, 3)
+    assert any("answers again" in ln for ln in lines)
+    assert any(searcher.variants[c["variant_id"]].operator == "llm" for c in searcher2_configs)
+    assert len([ln for ln in lines if "takes over" in ln]) == 1
+
+
+def test_no_endpoint_means_heuristic_said_once(experiment, tmp_path):
+    spec = load_spec(experiment, ["operator.kind=llm", "budget.trials=3"])
+    lines = []
+    s = EvolveSearcher(spec, Store(tmp_path / "run"), {"run_dir": str(tmp_path / "run")},
+                       scaffold_files(spec), log=lines.append)
+    configs = drive(s, 3)
+    assert len(configs) == 3
+    assert len([ln for ln in lines if "no endpoint is configured" in ln]) == 1
+
+
+def test_a_reply_that_never_comes_does_not_stall_the_search(experiment, tmp_path, server):
+    server.responder = lambda body: Reply(never=True)
+    searcher, lines, run = make(experiment, tmp_path, server.url, "budget.trials=3",
+                                "operator.timeout_s=0.5", "operator.wait_s=0.2", "operator.max_failures=5")
+    t0 = time.monotonic()
+    configs = drive(searcher, 3)
+    assert len(configs) == 3 and time.monotonic() - t0 < 20
+    assert any("fills free slots" in ln for ln in lines)
+
+
+def test_token_budget_stops_new_proposals(experiment, tmp_path, server):
+    searcher, lines, run = make(experiment, tmp_path, server.url, "budget.trials=20", "budget.llm_tokens=3000")
+    configs = drive(searcher, 20)
+    calls = len(audit.read(run))
+    assert 1 <= calls < 19 and len(configs) == 1 + calls
+    assert searcher.llm.tokens() >= 3000
+    spent_before_last = searcher.llm.tokens() - audit.read(run).to_pandas().iloc[-1][["prompt_tokens", "completion_tokens"]].sum()
+    assert spent_before_last < 3000  # the last call was made with budget left
+    assert len([ln for ln in lines if "token budget is spent" in ln]) == 1
+
+
+def test_notebook_is_updated_versioned_and_used(experiment, tmp_path, server):
+    searcher, lines, run = make(experiment, tmp_path, server.url, "budget.trials=7",
+                                "operator.notebook_every=2")
+    drive(searcher, 7)
+    versions = notebook.versions(run)
+    assert len(versions) >= 2 and versions[0]["text"] == NOTEBOOK_TEXT
+    assert [v["version"] for v in versions] == list(range(1, len(versions) + 1))
+    assert versions[1]["parent"] == 1
+    asked = [r["body"]["messages"] for r in server.requests if "research notebook" in r["body"]["messages"][0]["content"]]
+    assert '"status": "completed"' in asked[0][1]["content"]
+    later = [r["body"]["messages"][1]["content"] for r in server.requests
+             if "research notebook" not in r["body"]["messages"][0]["content"]][-1]
+    assert NOTEBOOK_TEXT in later
+    pop = load_population(run)
+    assert pop[pop["operator"] == "llm"]["record"].map(lambda r: r["notebook_version"]).max() >= 1
+
+
+def test_the_api_key_is_sent_but_never_written(experiment, tmp_path, server, monkeypatch):
+    secret = "sk-test-" + "9f3a" * 8
+    monkeypatch.setenv("EVOLVE_TEST_KEY", secret)
+    searcher, lines, run = make(experiment, tmp_path, server.url, "budget.trials=3",
+                                "operator.api_key_env=EVOLVE_TEST_KEY", "operator.notebook_every=1")
+    drive(searcher, 3)
+    searcher.save(str(run / "searcher.pkl"))
+    assert all(r["headers"].get("authorization") == f"Bearer {secret}" for r in server.requests)
+    for path in run.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+    assert not any(secret in ln for ln in lines)
