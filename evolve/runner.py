@@ -121,8 +121,12 @@ def check_api_keys(spec: Spec) -> None:
                             f"(it should hold the key for {m['base_url'] or m['model']})")
 
 
-def run_search(spec: Spec, run_dir: str | os.PathLike, log=print):
-    """Runs (or continues) the search; returns the searcher with its population."""
+def run_search(spec: Spec, run_dir: str | os.PathLike, log=print, verbose: int = 1):
+    """Runs the search; returns the searcher with its population.
+
+    `verbose` is Ray Tune's (0 silent, 1 status tables); `log` takes
+    evolve's own lines.
+    """
     from ray import tune
 
     from evolve.searcher import EvolveSearcher
@@ -137,14 +141,16 @@ def run_search(spec: Spec, run_dir: str | os.PathLike, log=print):
     log(f"evolve: {spec.name}: {spec.budget.trials} trials, {spec.budget.concurrent} at once, "
         f"{spec.budget.train_tokens:,} tokens each ({meta['train_tokens']:,} training bytes); "
         f"run kept in {run_dir}")
-    searcher = EvolveSearcher(spec, store, context, scaffold_files(spec), log=log)
     init_ray(spec, num_cpus=os.cpu_count())
+    # The searcher comes after Ray (its smoke runs are Ray tasks) and before
+    # the zygote: an LLM operator starts writing while the zygote warms up.
+    searcher = EvolveSearcher(spec, store, context, scaffold_files(spec), log=log)
     zygote_pid = zygote.ping(zygote.ensure())  # warm before the first trial, not inside it
     tuner = tune.Tuner(
         tune.with_resources(trainable, TRIAL_RESOURCES),
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=spec.budget.trials,
                                     max_concurrent_trials=spec.budget.concurrent, reuse_actors=True),
-        run_config=tune.RunConfig(name="tune", storage_path=str(run_dir), verbose=1),
+        run_config=tune.RunConfig(name="tune", storage_path=str(run_dir), verbose=verbose),
     )
     try:
         tuner.fit()

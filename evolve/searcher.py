@@ -58,8 +58,10 @@ class EvolveSearcher(Searcher):
         self.seed_id = seed.id
         self._pending_seed = seed
         self.llm = LLMOperator(spec, trial_context, log) if spec.operator.kind == "llm" else None
-        if self.llm is not None:
+        if self.llm is not None:  # the agent starts on the seed's children before Tune starts
+            self._admit(seed)
             self.llm.start()
+            self.llm.pump(self)
 
     # -- Tune's contract -------------------------------------------------------
     def set_search_properties(self, metric, mode, config, **spec) -> bool:

@@ -194,3 +194,21 @@ def test_the_api_key_is_sent_but_never_written(experiment, tmp_path, server, mon
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
     assert not any(secret in ln for ln in lines)
+
+
+def test_a_local_transformers_model_drives_the_operator(experiment, tmp_path, tiny_model):
+    """A random local model writes nonsense: every reply is rejected, audited, and the heuristic takes over."""
+    spec = load_spec(experiment, ["operator.kind=llm", "operator.backend=transformers",
+                                  f"operator.model={tiny_model}", "operator.max_tokens=16",
+                                  "operator.smoke_steps=0", "operator.parallel=1", "operator.repair_rounds=0",
+                                  "operator.max_failures=2", "operator.probe_every_s=600",
+                                  "operator.notebook_every=0", "budget.trials=4"])
+    lines, run = [], tmp_path / "run"
+    s = EvolveSearcher(spec, Store(run), {"run_dir": str(run)}, scaffold_files(spec), log=lines.append)
+    configs = drive(s, 4, deadline_s=120)
+    assert len(configs) == 4
+    table = audit.read(run).to_pandas()
+    assert len(table) >= 2 and (table["model"] == tiny_model.name).all()
+    assert (table["outcome"] == "rejected").all() and (table["prompt_tokens"] > 0).all()
+    assert set(table["stage"]) <= {"parse"}
+    assert len([ln for ln in lines if "takes over" in ln]) == 1

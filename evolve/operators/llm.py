@@ -46,6 +46,7 @@ class LLMOperator:
         self.usage = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "price": 0.0}
         self.accepted = 0
         self.heuristic_fills = 0
+        self.wait_seconds = 0.0  # free slots' time spent waiting for the agent
         self.notebook_text, self.notebook_version = "", 0
         self.events: list[dict] = []  # since the last notebook update
         self.n_requests = 0
@@ -63,6 +64,7 @@ class LLMOperator:
     def __setstate__(self, state):
         self.__dict__.update(state)
         self.log = self.log or print
+        self.waiting_since = None  # a monotonic time from another process means nothing here
 
     def say_once(self, key: str, text: str) -> None:
         if key not in self.said:
@@ -83,7 +85,7 @@ class LLMOperator:
             if child.id in s.variants:  # another proposal reached the same files first
                 self.rejections["duplicate"] += 1
                 continue
-            self.waiting_since = None
+            self._stop_waiting()
             return child
         if self.state == "off":
             return HEURISTIC
@@ -94,17 +96,23 @@ class LLMOperator:
                                    f"{self.spec.budget.llm_tokens:,}); no new proposals, the search ends")
             return DONE
         if self.state == "down":
+            self._stop_waiting()
             return HEURISTIC
         now = time.monotonic()
         if self.waiting_since is None:
             self.waiting_since = now
         if now - self.waiting_since < self.op.wait_s:
             return WAIT
-        self.waiting_since = None
+        self._stop_waiting()
         self.heuristic_fills += 1
         self.say_once("slow", f"evolve: no proposal from the agent within {self.op.wait_s:g} s; "
                               "the heuristic operator fills free slots while it is busy")
         return HEURISTIC
+
+    def _stop_waiting(self) -> None:
+        if self.waiting_since is not None:
+            self.wait_seconds += time.monotonic() - self.waiting_since
+            self.waiting_since = None
 
     def on_result(self, s, vid: str, outcome: dict) -> None:
         """Notes a finished trial for the notebook and the prompts' failure list."""
@@ -292,5 +300,6 @@ class LLMOperator:
         cost = f", price {u['price']:.4f}" if u["price"] else ""
         return (f"agent: {self.accepted} proposals accepted, rejected: {rej or 'none'}; "
                 f"{u['calls']} calls, {u['prompt_tokens']:,} prompt + {u['completion_tokens']:,} "
-                f"completion tokens{cost}; {self.heuristic_fills} slots filled by the heuristic "
-                f"operator while waiting; notebook version {self.notebook_version}")
+                f"completion tokens{cost}; free slots waited {self.wait_seconds:.0f} s for it, "
+                f"{self.heuristic_fills} filled by the heuristic operator instead; "
+                f"notebook version {self.notebook_version}")
