@@ -1,7 +1,7 @@
 """Writing proposals: one request to the LLM, its repair rounds and its checks.
 
 `write_child` and `write_notebook` are plain functions of a `Request`, a
-client and a smoke-run callable; `Agent` runs them on a thread pool in the
+client and a smoke-run callable; `Agent` runs them on daemon threads in the
 driver so that the searcher's `suggest` never waits on the network. The
 threads hold the HTTP clients (and so the API key) in this process only;
 smoke runs go out as Ray tasks. A thread never touches the searcher: it
@@ -10,8 +10,9 @@ returns an `Outcome`, which the searcher absorbs on its own thread.
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from evolve.cascade import Rejected, check_reply
@@ -123,18 +124,35 @@ def write_notebook(req: Request, client, entry: dict) -> Outcome:
 
 
 class Agent:
-    """A thread pool writing proposals; `submit` returns at once, `poll` collects."""
+    """Worker threads writing proposals; `submit` returns at once, `poll` collects.
+
+    The threads are daemons: a search that ends, or a Ctrl-C, never waits
+    on a request the endpoint is still sitting on.
+    """
 
     def __init__(self, entries: list[dict], timeout_s: float, retries: int, parallel: int,
                  smoke=None, seed: int = 0):
         self.entries = entries
         self.clients = [make_client(e, timeout_s, retries, seed) for e in entries]
         self.smoke = smoke  # smoke(request, files) -> seconds, raises Rejected
-        self.pool = ThreadPoolExecutor(max_workers=parallel + 1, thread_name_prefix="evolve-agent")
-        self.futures: dict[Future, Request] = {}
+        self.pending: dict[str, Request] = {}  # proposal id -> request, until polled
+        self._todo: queue.Queue = queue.Queue()
+        self._done: queue.Queue = queue.Queue()
+        self._threads = [threading.Thread(target=self._work, name=f"evolve-agent-{i}", daemon=True)
+                         for i in range(parallel + 1)]  # + 1: a notebook update never blocks a child
+        for t in self._threads:
+            t.start()
 
     def submit(self, req: Request) -> None:
-        self.futures[self.pool.submit(self._run, req)] = req
+        self.pending[req.proposal_id] = req
+        self._todo.put(req)
+
+    def _work(self) -> None:
+        while True:
+            req = self._todo.get()
+            if req is None:
+                return
+            self._done.put(self._run(req))
 
     def _run(self, req: Request) -> Outcome:
         client, entry = self.clients[req.model], self.entries[req.model]
@@ -149,15 +167,28 @@ class Agent:
             return Outcome(req, False, "error", one_line(e))
 
     def in_flight(self, purpose: str | None = None) -> int:
-        return sum(1 for r in self.futures.values() if purpose in (None, r.purpose))
+        return sum(1 for r in self.pending.values() if purpose in (None, r.purpose))
 
     def poll(self) -> list[Outcome]:
         """Returns the outcomes finished since the last poll, oldest request first."""
-        done = [f for f in self.futures if f.done()]
-        outs = [f.result() for f in done]
-        for f in done:
-            del self.futures[f]
+        outs = []
+        while True:
+            try:
+                out = self._done.get_nowait()
+            except queue.Empty:
+                break
+            if self.pending.pop(out.request.proposal_id, None) is not None:
+                outs.append(out)
         return sorted(outs, key=lambda o: o.request.created_at)
 
     def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        """Lets the threads go; a request still out is abandoned, not awaited."""
+        for _ in self._threads:
+            self._todo.put(None)
+        for c in self.clients:
+            if hasattr(c, "close"):
+                try:
+                    c.close()
+                except Exception:
+                    pass
+        self.pending.clear()

@@ -104,9 +104,12 @@ def smoke_run(files: dict[str, bytes], context: dict, work_dir: str, steps: int,
     """
     import os
 
-    os.environ["DS_ACCELERATOR"] = "cpu"  # the smoke run never takes an accelerator from a trial
     from evolve import zygote
 
+    # The CPU zygote is keyed by DS_ACCELERATOR: set it for this call only,
+    # so a pooled Ray worker that later hosts a GPU trial is left as it was.
+    before = os.environ.get("DS_ACCELERATOR")
+    os.environ["DS_ACCELERATOR"] = "cpu"
     work = Path(work_dir)
     variant_dir, out_dir = work / "variant", work / "out"
     try:
@@ -128,6 +131,10 @@ def smoke_run(files: dict[str, bytes], context: dict, work_dir: str, steps: int,
         return float(result["seconds"])
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        if before is None:
+            os.environ.pop("DS_ACCELERATOR", None)
+        else:
+            os.environ["DS_ACCELERATOR"] = before
 
 
 def _smoke_result(files: dict[str, bytes], context: dict, work_dir: str, steps: int,

@@ -270,13 +270,7 @@ def _check(spec: Spec) -> None:
         raise SpecError(f"trial.report_every: must be at least 1, got {t.report_every!r}")
 
 
-def _check_model(name: str, m: dict) -> None:
-    if m["backend"] not in ("openai", "transformers"):
-        raise SpecError(f"{name}.backend: expected 'openai' or 'transformers', got {m['backend']!r}")
-    if m["backend"] == "openai" and m["base_url"] and not m["model"]:
-        raise SpecError(f"{name}.model: empty; name the model the endpoint at {m['base_url']} serves")
-    if m["backend"] == "transformers" and not Path(str(m["model"])).is_dir():
-        raise SpecError(f"{name}.model: local model folder not found: {m['model']!r}")
+def _check_numbers(name: str, m: dict) -> None:
     if not 0.0 <= m["temperature"] <= 2.0:
         raise SpecError(f"{name}.temperature: expected 0..2, got {m['temperature']!r}")
     if m["max_tokens"] < 1:
@@ -284,6 +278,18 @@ def _check_model(name: str, m: dict) -> None:
     for key in ("weight", "price_prompt", "price_completion"):
         if m[key] < 0:
             raise SpecError(f"{name}.{key}: must be 0 or more, got {m[key]!r}")
+
+
+def _check_model(name: str, m: dict) -> None:
+    if m["backend"] not in ("openai", "transformers"):
+        raise SpecError(f"{name}.backend: expected 'openai' or 'transformers', got {m['backend']!r}")
+    if m["backend"] == "openai" and not m["base_url"]:
+        raise SpecError(f"{name}.base_url: empty; give the endpoint, e.g. http://127.0.0.1:8000/v1")
+    if m["backend"] == "openai" and not m["model"]:
+        raise SpecError(f"{name}.model: empty; name the model the endpoint at {m['base_url']} serves")
+    if m["backend"] == "transformers" and (not m["model"] or not Path(str(m["model"])).is_dir()):
+        raise SpecError(f"{name}.model: local model folder not found: {m['model']!r}")
+    _check_numbers(name, m)
 
 
 def model_entries(op: Operator) -> list[dict]:
@@ -317,6 +323,7 @@ def model_entries(op: Operator) -> list[dict]:
 def _check_operator(op: Operator) -> None:
     if op.kind not in ("heuristic", "llm"):
         raise SpecError(f"operator.kind: unknown operator {op.kind!r} (available: heuristic, llm)")
+    _check_numbers("operator", {k: getattr(op, k) for k in MODEL_FIELDS if k != "weight"} | {"weight": 1.0})
     model_entries(op)
     for name in ("repair_rounds", "ahead", "smoke_steps", "notebook_every", "retries"):
         if getattr(op, name) < 0:

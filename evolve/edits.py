@@ -23,6 +23,7 @@ trailing spaces, CRLF line ends). Pure functions; errors are one line.
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from dataclasses import dataclass
 
@@ -138,7 +139,7 @@ def check_paths(paths: list[str], mutable: list[str], sealed: list[str]) -> None
     for path in paths:
         parts = [p for p in path.split("/") if p not in ("", ".")]
         tail = "/".join(p for p in parts if p != "..")
-        if any(tail == s or tail.endswith("/" + s) for s in sealed):
+        if any(fnmatch.fnmatchcase(tail, s) or fnmatch.fnmatchcase(tail, "*/" + s) for s in sealed):
             raise EditError(f"FILE: {path}: sealed; the agent may not change it")
         if path not in mutable:
             raise EditError(f"FILE: {path}: outside the mutable surface ({', '.join(mutable)})")

@@ -25,6 +25,24 @@ MAX_REPLY_BYTES = 1_000_000  # a longer completion is refused before it is parse
 _BUILD_LOCK = threading.Lock()  # guards the lazy building of HTTP clients
 
 
+_KEYS: dict[str, str] = {}  # environment-variable name -> key, in this process's memory only
+
+
+def hold_keys(names) -> None:
+    """Moves each named API key out of `os.environ` into this process's memory.
+
+    Called before Ray or the zygote start, so that no process they start,
+    and so no variant's code, inherits a key.
+    """
+    for name in names:
+        if name and name in os.environ:
+            _KEYS[name] = os.environ.pop(name)
+
+
+def has_key(name: str) -> bool:
+    return bool(_KEYS.get(name) or os.environ.get(name))
+
+
 class LLMError(RuntimeError):
     """The endpoint failed after its retries; the message is one line."""
 
@@ -66,10 +84,17 @@ class ChatClient:
             if self._client is None:
                 from openai import OpenAI
 
-                key = os.environ.get(self.api_key_env, "") if self.api_key_env else ""
+                key = (_KEYS.get(self.api_key_env) or os.environ.get(self.api_key_env, "")
+                       if self.api_key_env else "")
                 self._client = OpenAI(base_url=self.base_url, api_key=key or "unused",
                                       timeout=self.timeout_s, max_retries=self.retries)
             return self._client
+
+    def close(self) -> None:
+        with _BUILD_LOCK:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
 
     def complete(self, messages: list[dict]) -> Completion:
         """Returns the first choice's text and token counts; raises LLMError."""
@@ -83,7 +108,8 @@ class ChatClient:
                 model=self.model, messages=messages, temperature=self.temperature,
                 max_tokens=self.max_tokens)
         except openai.APIStatusError as e:
-            raise LLMError(f"{self.base_url}: HTTP {e.status_code} ({tries})") from e
+            retried = e.status_code in (408, 409, 429) or e.status_code >= 500  # what openai retries
+            raise LLMError(f"{self.base_url}: HTTP {e.status_code}" + (f" ({tries})" if retried else "")) from e
         except openai.APITimeoutError as e:
             raise LLMError(f"{self.base_url}: no reply within {self.timeout_s:g} s ({tries})") from e
         except openai.APIConnectionError as e:

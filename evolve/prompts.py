@@ -120,7 +120,7 @@ def notebook_messages(notebook: str, events: list[dict]) -> list[dict]:
 
 
 def prompt_hash(messages: list[dict]) -> str:
-    """Returns a stable hash of a conversation (the key proposals are cached by)."""
+    """Returns a stable hash of a conversation (kept in the audit with each call)."""
     import hashlib
 
     return hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()[:16]

@@ -110,15 +110,21 @@ def prepare_run(spec: Spec, run_dir: Path) -> tuple[dict, dict]:
     return meta, context
 
 
-def check_api_keys(spec: Spec) -> None:
-    """Raises SpecError if a model names a key variable this environment lacks (the key is not read here)."""
+def hold_api_keys(spec: Spec) -> None:
+    """Moves the models' API keys out of the environment before any process starts.
+
+    Raises SpecError, one line, if a model names a variable that is not set.
+    """
+    from evolve.llm import has_key, hold_keys
+
     if spec.operator.kind != "llm":
         return
     for m in model_entries(spec.operator):
         name = m["api_key_env"]
-        if name and not os.environ.get(name):
+        if name and not has_key(name):
             raise SpecError(f"operator.api_key_env: environment variable {name} is not set "
                             f"(it should hold the key for {m['base_url'] or m['model']})")
+    hold_keys(m["api_key_env"] for m in model_entries(spec.operator))
 
 
 def run_search(spec: Spec, run_dir: str | os.PathLike, log=print, verbose: int = 1):
@@ -133,7 +139,7 @@ def run_search(spec: Spec, run_dir: str | os.PathLike, log=print, verbose: int =
     from evolve.trial import TRIAL_RESOURCES, trainable
 
     run_dir = Path(run_dir).resolve()
-    check_api_keys(spec)
+    hold_api_keys(spec)  # before Ray and the zygote start: they never inherit a key
     if any((run_dir / "population").glob("*.parquet")):
         raise SpecError(f"--run-dir: {str(run_dir)!r} already holds a search; choose another folder")
     meta, context = prepare_run(spec, run_dir)
@@ -145,18 +151,19 @@ def run_search(spec: Spec, run_dir: str | os.PathLike, log=print, verbose: int =
     # The searcher comes after Ray (its smoke runs are Ray tasks) and before
     # the zygote: an LLM operator starts writing while the zygote warms up.
     searcher = EvolveSearcher(spec, store, context, scaffold_files(spec), log=log)
-    zygote_pid = zygote.ping(zygote.ensure())  # warm before the first trial, not inside it
-    tuner = tune.Tuner(
-        tune.with_resources(trainable, TRIAL_RESOURCES),
-        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=spec.budget.trials,
-                                    max_concurrent_trials=spec.budget.concurrent, reuse_actors=True),
-        run_config=tune.RunConfig(name="tune", storage_path=str(run_dir), verbose=verbose),
-    )
+    zygote_pid = None
     try:
+        zygote_pid = zygote.ping(zygote.ensure())  # warm before the first trial, not inside it
+        tuner = tune.Tuner(
+            tune.with_resources(trainable, TRIAL_RESOURCES),
+            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=spec.budget.trials,
+                                        max_concurrent_trials=spec.budget.concurrent, reuse_actors=True),
+            run_config=tune.RunConfig(name="tune", storage_path=str(run_dir), verbose=verbose),
+        )
         tuner.fit()
     finally:
         searcher.close()
-        if zygote.ping() == zygote_pid:  # ours, not another search's
+        if zygote_pid is not None and zygote.ping() == zygote_pid:  # ours, not another search's
             zygote.shutdown()
     if searcher.llm is not None:
         log("evolve: " + searcher.llm.summary())

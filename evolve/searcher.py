@@ -79,6 +79,8 @@ class EvolveSearcher(Searcher):
             if got == DONE:
                 return Searcher.FINISHED
             child = got if isinstance(got, Variant) else self._propose()
+            if child is None and self.llm is not None and self.llm.state == "ok":
+                return None  # the heuristic has nothing new; the agent will
             if child is None:
                 self.log(f"evolve: no new variant after {MAX_DUPLICATE_TRIES} tries; stopping")
                 return Searcher.FINISHED
@@ -110,11 +112,14 @@ class EvolveSearcher(Searcher):
         atomic_write(Path(checkpoint_path), pickle.dumps(state))
 
     def restore(self, checkpoint_path: str):
+        self.close()  # this process's agent threads, if any, before they are replaced
         state = pickle.loads(Path(checkpoint_path).read_bytes())
         rng_state = state.pop("rng")
         self.__dict__.update(state)
         self.rng = random.Random()
         self.rng.setstate(rng_state)
+        if self.llm is not None:
+            self.llm.log = self.log
 
     def __getstate__(self):  # Tuner pickles the searcher; the log callable may not pickle
         state = dict(self.__dict__)
@@ -124,6 +129,8 @@ class EvolveSearcher(Searcher):
     def __setstate__(self, state):
         self.__dict__.update(state)
         self.log = self.log or print
+        if getattr(self, "llm", None) is not None:
+            self.llm.log = self.log
 
     # -- population ------------------------------------------------------------
     def _score(self, vid: str) -> float:
@@ -152,7 +159,11 @@ class EvolveSearcher(Searcher):
                 new_text, record = crossover(self.rng, text, other, h)
                 used = parents
             if record is None or not record["changes"]:
-                new_text, record = perturb(self.rng, text, h)
+                try:
+                    new_text, record = perturb(self.rng, text, h)
+                except ValueError as e:  # e.g. an LLM-written settings file with no key it may change
+                    self.log(f"evolve: heuristic operator: {e}")
+                    return None
                 used = parents[:1]
             child_files = {**files, self.settings_file: new_text.encode()}
             bad = surface_violations(files, child_files, self.mutable)

@@ -50,6 +50,15 @@ def test_overrides_are_typed_and_applied(experiment):
     ("operator.kind=magic", "operator.kind: unknown operator 'magic'"),
     ("budget=3", "budget: expected a mapping, got 3"),
     ("nonsense", "override 'nonsense': expected key=value"),
+    ("operator.models=[{model: m}]", "operator.models[0].base_url: empty"),
+    ("operator.models=[{model: m, base_url: 'http://127.0.0.1:1/v1', weight: 0}]",
+     "operator.models: every weight is 0"),
+    ("operator.models=[{modle: m}]", "operator.models[0].modle: unknown field"),
+    ("operator.base_url=http://127.0.0.1:1/v1", "operator.model: empty"),
+    ("operator.backend=transformers", "operator.model: local model folder not found: ''"),
+    ("operator.temperature=3", "operator.temperature: expected 0..2, got 3.0"),
+    ("operator.parallel=0", "operator.parallel: must be at least 1, got 0"),
+    ("budget.llm_tokens=-1", "budget.llm_tokens: must be 0 (no limit) or more, got -1"),
 ])
 def test_bad_overrides_name_field_and_value(experiment, override, message):
     with pytest.raises(SpecError) as e:
@@ -124,3 +133,26 @@ def test_experiment_without_its_sealed_evaluation_is_rejected(experiment):
     write_spec(experiment, sealed=["harness/data.py"])
     with pytest.raises(SpecError, match=r"^experiment: harness/evaluate.py not found in '.*tiny_lm'$"):
         load_spec(experiment)
+
+
+def test_llm_operator_fields_override_from_the_command_line(experiment):
+    spec = load_spec(experiment, ["operator.kind=llm", "operator.base_url=http://127.0.0.1:8000/v1",
+                                  "operator.model=coder", "operator.api_key_env=MY_KEY",
+                                  "operator.models=[{model: a, weight: 2}, {model: b, base_url: 'http://127.0.0.1:9/v1'}]"])
+    from evolve.config import model_entries
+
+    entries = model_entries(spec.operator)
+    assert [(e["model"], e["weight"], e["base_url"], e["api_key_env"]) for e in entries] == [
+        ("a", 2, "http://127.0.0.1:8000/v1", "MY_KEY"), ("b", 1.0, "http://127.0.0.1:9/v1", "MY_KEY")]
+
+
+def test_an_unset_key_variable_stops_the_run_with_one_line(experiment, tmp_path, capsys, monkeypatch):
+    from evolve import cli
+
+    monkeypatch.delenv("EVOLVE_NO_SUCH_KEY", raising=False)
+    code = cli.main(["run", str(experiment), "operator.kind=llm", "operator.base_url=http://127.0.0.1:1/v1",
+                     "operator.model=m", "operator.api_key_env=EVOLVE_NO_SUCH_KEY",
+                     "--run-dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == ("evolve: error: operator.api_key_env: environment variable EVOLVE_NO_SUCH_KEY "
+                                 "is not set (it should hold the key for http://127.0.0.1:1/v1)")

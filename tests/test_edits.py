@@ -86,3 +86,8 @@ def test_paths_outside_the_surface_are_refused(path, message):
 
 def test_clean_path():
     assert clean_path("`./config.yaml`") == "config.yaml"
+
+
+def test_sealed_globs_read_as_sealed():
+    with pytest.raises(EditError, match="sealed"):
+        check_paths(["harness/evaluate.py"], ["config.yaml"], ["harness/*.py"])

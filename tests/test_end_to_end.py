@@ -1,6 +1,7 @@
 """Real searches: Ray Tune, Ray Train and DeepSpeed on the CPU, 2 cores."""
 
 import json
+import os
 import uuid
 from pathlib import Path
 
@@ -157,6 +158,9 @@ def _recipe_reply(body, old, new, why):
             + "\n>>>>>>> REPLACE\n")
 
 
+E2E_KEY = "sk-e2e-" + "7c1d" * 8
+
+
 def scripted_agent():
     """A responder that answers child requests with a fixed run of bad replies, then valid ones."""
     from tests.agent_replies import EMPTY, MALFORMED, NOTEBOOK_TEXT, OUTSIDE_EDIT, SEALED_EDIT, lr_edit
@@ -185,7 +189,9 @@ def scripted_agent():
         if got == "smoke":
             return Reply(text=_recipe_reply({"messages": body["messages"][:2]},
                                             '    """Returns the training loss: cross-entropy with optional label smoothing."""',
-                                            "    raise RuntimeError('refuses to train')", "fail loudly"))
+                                            "    raise RuntimeError('refuses to train; key: ' + "
+                                            "__import__('os').environ.get('EVOLVE_E2E_KEY', 'none here'))",
+                                            "fail loudly"))
         return got or Reply(text=lr_edit(body, 1.0 + 0.15 * n["child"]))
 
     return respond
@@ -197,14 +203,16 @@ def llm_search(ray_cluster, tmp_path_factory):
     from tests.openai_server import ScriptedOpenAI
 
     run_dir = tmp_path_factory.mktemp("llmrun") / "tiny"
+    os.environ["EVOLVE_E2E_KEY"] = E2E_KEY  # taken out of the environment by run_search
     with ScriptedOpenAI(scripted_agent()) as server:
         spec = load_spec(Path(__file__).parents[1] / "experiments" / "tiny_lm", TINY + [
             "budget.trials=5", "budget.concurrent=2", "operator.kind=llm", f"operator.base_url={server.url}",
             "operator.model=scripted-coder", "operator.parallel=1", "operator.ahead=1", "operator.retries=1",
             "operator.timeout_s=2", "operator.max_failures=8", "operator.notebook_every=2",
-            "operator.price_prompt=1.0", "operator.price_completion=2.0"])
+            "operator.price_prompt=1.0", "operator.price_completion=2.0", "operator.api_key_env=EVOLVE_E2E_KEY"])
         lines = []
         searcher = run_search(spec, run_dir, log=lines.append)
+        assert {r["headers"].get("authorization") for r in server.requests} == {f"Bearer {E2E_KEY}"}
     return run_dir, lines, searcher
 
 
@@ -229,7 +237,7 @@ def test_llm_children_are_trained_and_bad_replies_rejected(llm_search, capsys):
               ("endpoint", f"{searcher.llm.entries[0]['base_url']}: HTTP 500 (2 tries)"),
               ("endpoint", f"{searcher.llm.entries[0]['base_url']}: no reply within 2 s (2 tries)"),
               ("import", "ModuleNotFoundError: No module named 'no_such_module_anywhere'"),
-              ("smoke", "RuntimeError: refuses to train")]
+              ("smoke", "RuntimeError: refuses to train; key: none here")]  # variants never see the key
     for stage, start in expect:
         assert any(s == stage and r.startswith(start) for s, r in reasons), (stage, start, reasons)
     assert searcher.llm.rejections == {"policy": 1, "parse": 1, "endpoint": 3, "smoke": 1}
@@ -243,3 +251,6 @@ def test_llm_children_are_trained_and_bad_replies_rejected(llm_search, capsys):
     assert cli.main(["status", str(run_dir)]) == 0
     out = capsys.readouterr().out
     assert "agent:" in out and "rejected by stage:" in out and "smoke 1" in out
+    for path in Path(run_dir).rglob("*"):
+        if path.is_file():
+            assert E2E_KEY.encode() not in path.read_bytes(), path

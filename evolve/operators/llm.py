@@ -26,7 +26,7 @@ from evolve import population as pop
 from evolve.agent import Agent, Outcome, Request
 from evolve.cascade import STAGES, Rejected
 from evolve.config import model_entries
-from evolve.llm import pick
+from evolve.llm import hold_keys, pick
 from evolve.prompts import Candidate, child_messages, notebook_messages, prompt_hash
 from evolve.variant import Variant
 
@@ -38,6 +38,7 @@ class LLMOperator:
     def __init__(self, spec, context: dict, log=print):
         self.spec, self.op, self.context = spec, spec.operator, context
         self.entries = model_entries(spec.operator)
+        hold_keys(e["api_key_env"] for e in self.entries)  # before anything starts a process
         self.state = "ok" if self.entries else "off"
         self.ready: deque[Variant] = deque()
         self.failures_in_row = 0
@@ -50,6 +51,7 @@ class LLMOperator:
         self.notebook_text, self.notebook_version = "", 0
         self.events: list[dict] = []  # since the last notebook update
         self.n_requests = 0
+        self.n_child_requests = 0  # drives the islands' round robin
         self.waiting_since: float | None = None
         self.last_probe = 0.0
         self.said: set[str] = set()
@@ -82,32 +84,43 @@ class LLMOperator:
         self.pump(s)
         while self.ready:
             child = self.ready.popleft()
-            if child.id in s.variants:  # another proposal reached the same files first
+            if child.id in s.variants:  # the heuristic reached the same files first
                 self.rejections["duplicate"] += 1
+                self.accepted -= 1
+                audit.append(s.store.root, [{
+                    "proposal_id": child.record["proposal_id"], "purpose": "child", "attempt": -1,
+                    "parent_id": child.parents[0], "outcome": "rejected", "stage": "duplicate",
+                    "reason": f"variant {child.id} was trained before this proposal's turn came",
+                    "finished_at": time.time()}])
                 continue
             self._stop_waiting()
             return child
         if self.state == "off":
             return HEURISTIC
         if self.spent():
-            if self.agent.in_flight("child"):
+            if self.agent.in_flight("child") and not self._waited_too_long():
                 return WAIT
+            self._stop_waiting()
             self.say_once("spent", f"evolve: the LLM token budget is spent ({self.tokens():,} of "
                                    f"{self.spec.budget.llm_tokens:,}); no new proposals, the search ends")
             return DONE
         if self.state == "down":
             self._stop_waiting()
             return HEURISTIC
-        now = time.monotonic()
-        if self.waiting_since is None:
-            self.waiting_since = now
-        if now - self.waiting_since < self.op.wait_s:
+        if not self._waited_too_long():
             return WAIT
         self._stop_waiting()
         self.heuristic_fills += 1
         self.say_once("slow", f"evolve: no proposal from the agent within {self.op.wait_s:g} s; "
                               "the heuristic operator fills free slots while it is busy")
         return HEURISTIC
+
+    def _waited_too_long(self) -> bool:
+        """Starts the wait clock on the first call; True once `wait_s` has passed."""
+        now = time.monotonic()
+        if self.waiting_since is None:
+            self.waiting_since = now
+        return now - self.waiting_since >= self.op.wait_s
 
     def _stop_waiting(self) -> None:
         if self.waiting_since is not None:
@@ -162,7 +175,8 @@ class LLMOperator:
                 self.last_probe = time.monotonic()
                 self._submit(self._child_request(s))
             return
-        left = s.spec.budget.trials - s.n_suggested - len(self.ready) - in_flight
+        pending_seed = 1 if s._pending_seed is not None else 0
+        left = s.spec.budget.trials - s.n_suggested - pending_seed - len(self.ready) - in_flight
         while (in_flight < self.op.parallel and len(self.ready) + in_flight < max(1, self.op.ahead)
                and left > 0):
             self._submit(self._child_request(s))
@@ -173,6 +187,7 @@ class LLMOperator:
 
     def _submit(self, req: Request) -> None:
         self.n_requests += 1
+        self.n_child_requests += req.purpose == "child"
         self.agent.submit(req)
 
     def _absorb(self, s, out: Outcome) -> None:
@@ -255,7 +270,7 @@ class LLMOperator:
                          s.variants[vid].record.get("rationale", ""))
 
     def _child_request(self, s) -> Request:
-        island = pop.island_for(self.n_requests, len(s.islands))
+        island = pop.island_for(self.n_child_requests, len(s.islands))
         parent = pop.select_parents(s.rng, s._members(island), s.spec.selection.tournament, 1)[0]
         ranked = sorted(((s._score(v), v) for v in s.results if v != parent
                          and s.results[v]["fitness"] is not None), key=lambda t: (-t[0], t[1]))
