@@ -36,7 +36,7 @@ def main() -> None:
                      [f"budget.trials={args.trials}", f"budget.concurrent={args.concurrent}",
                       f"budget.train_tokens={args.train_tokens}"])
     t0 = time.time()
-    run_search(spec, run_dir, log=lambda line: None)
+    run_search(spec, run_dir, log=lambda line: None, verbose=0)
     wall = time.time() - t0
     pop = load_population(run_dir)
     done = pop[pop["status"] == "completed"]

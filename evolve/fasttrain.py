@@ -1,9 +1,9 @@
-"""A `TorchTrainer` whose per-trial start-up does only what a relay needs.
+"""A `TorchTrainer` whose start-up does only what a relay needs.
 
-Each trial's Ray Train workers only relay (see `evolve.harness.train_worker`):
-the training runs in children forked from the node's warm zygote, which set
-up their own torch process group. So the workers need the rendezvous
-address and nothing else, and the controller needs no torch at all.
+A slot's Ray Train workers only relay (see `evolve.slots.relay_loop`): the
+training runs in children forked from the node's warm zygote, which set up
+their own torch process group. So the workers need nothing torch-related
+at all, and neither does the controller.
 
 1. `RendezvousConfig` replaces Ray's `TorchConfig`: its backend puts rank
    0's address and a free port into every worker's MASTER_ADDR/MASTER_PORT
@@ -14,8 +14,8 @@ address and nothing else, and the controller needs no torch at all.
 2. `make_trainer` drops two default controller callbacks: the datasets
    callback, which starts a DatasetManager actor even when there are no
    datasets, and the placement-group cleaner, a detached actor per trial
-   that only matters when a controller dies without cleaning up. Nothing
-   here stops trials early; a scheduler that does (ASHA) needs it back.
+   that only matters when a controller dies without cleaning up. Slots
+   live as long as the search, and the driver ends them.
 """
 
 from __future__ import annotations

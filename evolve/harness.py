@@ -1,7 +1,7 @@
 """The training loop of one rank: runs in a fresh zygote child, calls recipe hooks.
 
-`train_worker` is what Ray Train runs on each worker: a relay that has the
-node's zygote fork a child running `run_rank`, and reports what it streams.
+`run_rank` is what a slot's relay (`evolve.slots`) has the node's zygote
+fork a child to run, once per rank of each trial.
 
 The harness owns everything the variant must not: the token budget, the
 model class (a transformers GPT-2 built from the recipe's config), the
@@ -111,35 +111,6 @@ def deepspeed_settings(recipe, settings: dict, micro_batch: int) -> dict:
         "zero_optimization": {"stage": stage},
         "steps_per_print": 1 << 30,  # the harness reports; DeepSpeed stays quiet
     }
-
-
-def train_worker(config: dict) -> None:
-    """Ray Train's train_loop_per_worker: relays one rank to a fresh zygote child.
-
-    This Ray worker imports neither torch nor the variant's code: a child
-    forked from the node's warm zygote trains, and its learning-curve
-    points come back here to be reported to Ray Train (and so to Tune).
-    """
-    import ray.train
-
-    from evolve import zygote
-
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    out_dir = Path(config["out_dir"])
-    env = {k: v for k, v in os.environ.items()
-           if k in ("MASTER_ADDR", "MASTER_PORT", "CUDA_VISIBLE_DEVICES", "DS_ACCELERATOR",
-                    "OMP_NUM_THREADS", "NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME")}
-    env.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(ctx.get_local_rank()),
-               LOCAL_WORLD_SIZE=str(ctx.get_local_world_size()))
-    try:
-        zygote.call("evolve.harness:run_rank", {"config": config, "rank": rank, "world": world},
-                    env=env, log=str(out_dir / f"rank{rank}.log"),
-                    recipe=str(Path(config["variant_dir"]) / "recipe.py"), on_report=ray.train.report)
-    except BaseException as e:
-        reason = str(e) if isinstance(e, zygote.ChildFailed) else one_line(e)
-        (out_dir / f"error-rank{rank}.txt").write_text(reason + "\n")
-        raise
 
 
 def run_rank(report, config: dict, rank: int, world: int) -> None:

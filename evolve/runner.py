@@ -7,6 +7,7 @@ runs per trial lives in `evolve.trial` and `evolve.harness`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -104,6 +105,8 @@ def prepare_run(spec: Spec, run_dir: Path) -> tuple[dict, dict]:
         "sealed": sealed, "metric": spec.objective.metric, "seed": spec.seed,
         "train_tokens": spec.budget.train_tokens, "report_every": spec.trial.report_every,
         "train_storage": str(run_dir / "train"),
+        # the search's slot board: a named actor, unique to the run directory
+        "slots": f"evolve-slots-{hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:12]}",
         "resources": {"workers": spec.trial.workers, "cpus_per_worker": spec.trial.cpus_per_worker,
                       "gpus_per_worker": spec.trial.gpus_per_worker},
     }
@@ -136,6 +139,7 @@ def run_search(spec: Spec, run_dir: str | os.PathLike, log=print, verbose: int =
     from ray import tune
 
     from evolve.searcher import EvolveSearcher
+    from evolve.slots import SlotPool
     from evolve.trial import TRIAL_RESOURCES, trainable
 
     run_dir = Path(run_dir).resolve()
@@ -151,8 +155,11 @@ def run_search(spec: Spec, run_dir: str | os.PathLike, log=print, verbose: int =
     # The searcher comes after Ray (its smoke runs are Ray tasks) and before
     # the zygote: an LLM operator starts writing while the zygote warms up.
     searcher = EvolveSearcher(spec, store, context, scaffold_files(spec), log=log)
-    zygote_pid = None
+    zygote_pid, slots = None, None
     try:
+        # The slots' worker groups start once and then train trial after trial.
+        slots = SlotPool(spec.budget.concurrent, context["resources"], context["train_storage"],
+                         context["slots"], log=log)
         zygote_pid = zygote.ping(zygote.ensure())  # warm before the first trial, not inside it
         tuner = tune.Tuner(
             tune.with_resources(trainable, TRIAL_RESOURCES),
@@ -163,6 +170,8 @@ def run_search(spec: Spec, run_dir: str | os.PathLike, log=print, verbose: int =
         tuner.fit()
     finally:
         searcher.close()
+        if slots is not None:
+            slots.close()
         if zygote_pid is not None and zygote.ping() == zygote_pid:  # ours, not another search's
             zygote.shutdown()
     if searcher.llm is not None:

@@ -1,11 +1,12 @@
-"""The Tune trainable: one trial trains one variant with DeepSpeed on Ray Train.
+"""The Tune trainable: one trial trains one variant with DeepSpeed on a warm slot.
 
-The trial's own process holds no CPU (the workers need them), launches a
-`TorchTrainer` whose workers run `evolve.harness.train_worker`, forwards the
-learning curve to Tune, and, once the workers are gone, has a fresh
-zygote child run the sealed evaluation on the saved weights. Any failure of the variant ends as a
-normal final result with status "failed" and a one-line reason, so the
-searcher records it and the search goes on.
+The trial's own process holds no CPU (the slots' Ray Train workers hold
+them). It takes a free slot from the search's `SlotBoard`, posts the
+variant, forwards the learning curve to Tune, and has a fresh zygote child
+run the sealed evaluation on the saved weights as soon as rank 0 has
+written them. Any failure of the variant ends as a normal final result
+with status "failed" and a one-line reason, so the searcher records it and
+the search goes on.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import shutil
 import threading
 import time
+import uuid
 from pathlib import Path
 
 from evolve import zygote
@@ -23,54 +25,37 @@ from evolve.harness import one_line
 # trial fits on every core. Ray refuses {"CPU": 0} alone; a token amount of
 # memory makes the request valid without holding anything back.
 TRIAL_RESOURCES = {"CPU": 0, "memory": 1024 * 1024}
+SLOT_WAIT_S = 5.0  # long-poll on the slot board
 
 
-def _failure_reason(out_dir: Path, exc: BaseException) -> str:
-    """Returns the workers' own one-line reason if they wrote one, else the exception's."""
-    for path in sorted(out_dir.glob("error-rank*.txt")):
-        text = path.read_text().strip()
-        if text:
-            return text
-    return one_line(exc)
-
-
-def train_variant(config: dict) -> dict:
-    """Trains and evaluates one variant; returns the final result dict."""
-    from ray.train import RunConfig, ScalingConfig
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from evolve.fasttrain import RendezvousConfig, make_trainer
+def train_variant(config: dict, on_report=None) -> dict:
+    """Trains the variant on a free slot, then evaluates it; returns the final result dict."""
+    import ray
 
     t0 = time.time()
     out_dir = Path(config["out_dir"])
     if out_dir.exists():
         shutil.rmtree(out_dir)  # a retried trial starts from nothing
     out_dir.mkdir(parents=True)
-    res = config["resources"]
-    use_gpu = res["gpus_per_worker"] > 0
-    per_worker = {"CPU": res["cpus_per_worker"]}
-    if use_gpu:
-        per_worker["GPU"] = res["gpus_per_worker"]
-    trainer = make_trainer(
-        train_loop_per_worker=_worker_entry,
-        train_loop_config=config,
-        scaling_config=ScalingConfig(num_workers=res["workers"], use_gpu=use_gpu,
-                                     resources_per_worker=per_worker),
-        torch_config=RendezvousConfig(),
-        run_config=RunConfig(name=f"{config['variant_id']}-{config['trial_id']}",
-                             storage_path=config["train_storage"],
-                             callbacks=[TuneReportCallback()]),
-    )
     result = {"variant_id": config["variant_id"], "status": "failed", "failure_reason": None,
               "fitness": None, "metrics": {}, "summary": {}}
-    # The sealed evaluation starts as soon as rank 0 has written its summary,
-    # while Ray Train is still tearing the worker group down.
+    board = ray.get_actor(config["slots"])  # named actors resolve within the search's job
+    slot = None
+    while slot is None:  # every slot busy or starting: wait (Tune runs no more trials than slots)
+        slot = ray.get(board.acquire.remote(SLOT_WAIT_S))
+    # The sealed evaluation starts as soon as rank 0 has written its summary.
     evaluation = _EvaluationWhenReady(out_dir, config)
     try:
-        trainer.fit()
-        result["summary"] = json.loads((out_dir / "summary.json").read_text())
-    except Exception as e:  # the variant failed in training: record why, keep searching
-        result["failure_reason"] = _failure_reason(out_dir, e)
+        errors = _run_on_slot(board, slot, config, on_report)
+    finally:
+        ray.get(board.release.remote(slot))
+    if not errors:
+        try:
+            result["summary"] = json.loads((out_dir / "summary.json").read_text())
+        except (OSError, ValueError) as e:
+            errors = {0: f"rank 0 ended without a readable summary.json: {one_line(e)}"}
+    if errors:  # the variant failed in training: record why (the first rank to fail), keep searching
+        result["failure_reason"] = next(iter(errors.values()))
     metrics, error = evaluation.wait(trained=bool(result["summary"]))
     if result["summary"]:
         if error is None:
@@ -82,6 +67,27 @@ def train_variant(config: dict) -> dict:
     result["trial_started_at"] = t0
     shutil.rmtree(out_dir / "model", ignore_errors=True)  # weights are not kept
     return result
+
+
+def _run_on_slot(board, slot: int, config: dict, on_report) -> dict:
+    """Posts the job, streams its curve to `on_report`; returns {rank: reason} of failed ranks, first failure first."""
+    import ray
+
+    job_id = uuid.uuid4().hex
+    ray.get(board.put_job.remote(slot, {"id": job_id, "config": config,
+                                        "world": config["resources"]["workers"]}))
+    cursor, cancelled = 0, False
+    while True:
+        st = ray.get(board.wait.remote(slot, job_id, cursor, SLOT_WAIT_S))
+        for point in st["reports"]:
+            if on_report is not None:
+                on_report(point)
+        cursor = st["cursor"]
+        if st["errors"] and not cancelled:  # one rank failed: stop the others' children
+            ray.get(board.cancel.remote(slot, job_id))
+            cancelled = True
+        if st["done"]:
+            return {int(r): e for r, e in st["errors"].items() if e != "cancelled"} or st["errors"]
 
 
 class _EvaluationWhenReady:
@@ -121,15 +127,9 @@ class _EvaluationWhenReady:
         return self.metrics, self.error
 
 
-def _worker_entry(config: dict) -> None:
-    from evolve.harness import train_worker
-
-    train_worker(config)
-
-
 def trainable(config: dict) -> None:
     """The Tune function trainable: reports the curve, then the final result."""
     from ray import tune
 
-    result = train_variant(config)
+    result = train_variant(config, on_report=tune.report)
     tune.report({"done": True, "result_json": json.dumps(result)})

@@ -226,14 +226,19 @@ class ChildFailed(RuntimeError):
     """The forked training process failed; the message is its one-line reason."""
 
 
+POLL_S = 0.2  # how often a waiting call looks at its time-out and its cancel event
+
+
 def call(fn: str, kwargs: dict, *, env: dict | None = None, log: str | None = None,
-         recipe: str | None = None, on_report=None, timeout_s: float | None = None):
+         recipe: str | None = None, on_report=None, timeout_s: float | None = None,
+         cancel: threading.Event | None = None):
     """Returns `fn(report, **kwargs)` run in a fresh child of this node's zygote.
 
     `fn` is "module:function"; the child's reports go to `on_report`; a
     failure raises ChildFailed with the child's one-line reason (pointing at
     the line of `recipe` it came from, where given). A child still running
-    after `timeout_s` is killed, with everything it started.
+    after `timeout_s`, or when `cancel` is set, is killed with everything
+    it started.
     """
     path = ensure()
     conn = _connect(path)
@@ -241,34 +246,44 @@ def call(fn: str, kwargs: dict, *, env: dict | None = None, log: str | None = No
         raise RuntimeError(f"zygote at {path} stopped answering")
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     pid = None
+
+    def kill(reason: str):
+        if pid is not None:
+            try:
+                os.killpg(pid, signal.SIGKILL)  # the child leads its own session
+            except ProcessLookupError:
+                pass
+        return ChildFailed(reason)
+
     with conn:
         _send(conn, {"op": "call", "fn": fn, "kwargs": kwargs, "env": env or {}, "log": log,
                      "recipe": recipe})
-        lines = conn.makefile("r")
+        conn.settimeout(POLL_S if deadline is not None or cancel is not None else None)
+        buf = b""
         while True:
-            if deadline is not None:
-                conn.settimeout(max(0.001, deadline - time.monotonic()))
+            if deadline is not None and time.monotonic() > deadline:
+                raise kill(f"killed after {timeout_s:g} s without finishing")
+            if cancel is not None and cancel.is_set():
+                raise kill("cancelled")
             try:
-                line = lines.readline()
+                chunk = conn.recv(1 << 16)
             except (TimeoutError, socket.timeout):
-                if pid is not None:
-                    try:
-                        os.killpg(pid, signal.SIGKILL)  # the child leads its own session
-                    except ProcessLookupError:
-                        pass
-                raise ChildFailed(f"killed after {timeout_s:g} s without finishing") from None
-            if not line:
+                continue
+            if not chunk:
                 break
-            msg = json.loads(line)
-            if "pid" in msg:
-                pid = msg["pid"]
-            elif "report" in msg:
-                if on_report is not None:
-                    on_report(msg["report"])
-            elif "error" in msg:
-                raise ChildFailed(msg["error"])
-            elif "result" in msg:
-                return msg["result"]
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                msg = json.loads(line)
+                if "pid" in msg:
+                    pid = msg["pid"]
+                elif "report" in msg:
+                    if on_report is not None:
+                        on_report(msg["report"])
+                elif "error" in msg:
+                    raise ChildFailed(msg["error"])
+                elif "result" in msg:
+                    return msg["result"]
     raise ChildFailed(f"process {pid} running {fn} ended without a result (killed or crashed)")
 
 

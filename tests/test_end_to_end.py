@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -81,28 +82,31 @@ def _trainable_of(config):  # shipped to workers by value: tests/ is not a packa
     trainable(config["cfg"])
 
 
-def run_variants(run_dir: Path, variants: dict[str, tuple[Path, int]]) -> dict[str, dict]:
-    """Trains the given variant folders through the real trainable; returns results by name."""
-    from ray import tune
-
+def run_variants(run_dir: Path, variants: dict[str, Path], workers: int = 1) -> dict[str, dict]:
+    """Trains the given variant folders through the real trainable on warm slots; returns results by name."""
     import sys
 
-    from ray import cloudpickle
+    from ray import cloudpickle, tune
 
+    from evolve.slots import SlotPool
     from evolve.trial import TRIAL_RESOURCES
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    spec = load_spec(Path(__file__).parents[1] / "experiments" / "tiny_lm", TINY)
+    spec = load_spec(Path(__file__).parents[1] / "experiments" / "tiny_lm", TINY + [f"trial.workers={workers}"])
     _, context = prepare_run(spec, run_dir)
+    slots = 2 // workers  # one CPU per worker on this 2-core machine
     configs = [{**context, "variant_id": name, "trial_id": uuid.uuid4().hex[:8],
-                "variant_dir": str(d), "out_dir": str(run_dir / "trials" / name),
-                "resources": {**context["resources"], "workers": workers}}
-               for name, (d, workers) in sorted(variants.items())]
-    tuner = tune.Tuner(tune.with_resources(_trainable_of, TRIAL_RESOURCES),
-                       param_space={"cfg": tune.grid_search(configs)},
-                       tune_config=tune.TuneConfig(max_concurrent_trials=2, reuse_actors=True),
-                       run_config=tune.RunConfig(storage_path=str(run_dir), name="t", verbose=0))
-    results = tuner.fit()
+                "variant_dir": str(d), "out_dir": str(run_dir / "trials" / name)}
+               for name, d in sorted(variants.items())]
+    pool = SlotPool(slots, context["resources"], context["train_storage"], context["slots"])
+    try:
+        tuner = tune.Tuner(tune.with_resources(_trainable_of, TRIAL_RESOURCES),
+                           param_space={"cfg": tune.grid_search(configs)},
+                           tune_config=tune.TuneConfig(max_concurrent_trials=slots, reuse_actors=True),
+                           run_config=tune.RunConfig(storage_path=str(run_dir), name="t", verbose=0))
+        results = tuner.fit()
+    finally:
+        pool.close()
     out = {}
     for r in results:
         assert r.error is None, r.error
@@ -137,20 +141,34 @@ def variant_dirs(tmp_path):
 
 def test_failures_are_recorded_and_two_zero2_workers_train(ray_cluster, tmp_path, variant_dirs):
     results = run_variants(tmp_path / "run", {
-        "raises": (variant_dirs("raises", ('seq, bs = cfg["seq_len"], cfg["batch_size"]',
-                                          'raise RuntimeError("no batches today")')), 1),
-        "nan": (variant_dirs("nan", ("label_smoothing=cfg[\"label_smoothing\"])",
-                                     "label_smoothing=cfg[\"label_smoothing\"]) * float(\"nan\")")), 1),
-        "two_workers": (variant_dirs("two_workers", zero_stage=2), 2),
+        "raises": variant_dirs("raises", ('seq, bs = cfg["seq_len"], cfg["batch_size"]',
+                                          'raise RuntimeError("no batches today")')),
+        "nan": variant_dirs("nan", ("label_smoothing=cfg[\"label_smoothing\"])",
+                                    "label_smoothing=cfg[\"label_smoothing\"]) * float(\"nan\")")),
     })
-    raises, nan, two = results["raises"], results["nan"], results["two_workers"]
+    raises, nan = results["raises"], results["nan"]
     assert raises["status"] == "failed" and raises["fitness"] is None
     assert raises["failure_reason"].startswith("RuntimeError: no batches today (recipe.py line ")
     assert nan["status"] == "failed"
     assert nan["failure_reason"] == "training loss became nan at micro-step 0"
+    two = run_variants(tmp_path / "run2", {"two_workers": variant_dirs("two_workers", zero_stage=2)},
+                       workers=2)["two_workers"]
     assert two["status"] == "completed" and two["summary"]["world_size"] == 2
     # two ranks share the budget: half the micro-steps each, same tokens in all
     assert two["summary"]["tokens_trained"] == 8192 and two["fitness"] > 0
+
+
+def test_one_rank_failing_stops_the_other(ray_cluster, tmp_path, variant_dirs):
+    """Rank 1 raises before the first collective; rank 0 must not hang in it."""
+    edit = ('seq, bs = cfg["seq_len"], cfg["batch_size"]',
+            'seq, bs = cfg["seq_len"], cfg["batch_size"]\n'
+            '    import os\n'
+            '    if os.environ["RANK"] == "1":\n'
+            '        raise RuntimeError("rank 1 gives up")')
+    t0 = time.monotonic()
+    out = run_variants(tmp_path / "run", {"half": variant_dirs("half", edit)}, workers=2)["half"]
+    assert out["status"] == "failed" and out["failure_reason"].startswith("RuntimeError: rank 1 gives up")
+    assert time.monotonic() - t0 < 120
 
 
 def _recipe_reply(body, old, new, why):

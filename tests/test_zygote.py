@@ -90,3 +90,17 @@ def test_a_call_past_its_time_out_is_killed_with_what_it_started(warm, tmp_path)
         if not _gone(pid):
             os.kill(pid, signal.SIGKILL)
             pytest.fail(f"process {pid} outlived its call's time-out")
+
+
+def test_a_cancelled_call_is_killed(warm, tmp_path):
+    import threading
+
+    cancel = threading.Event()
+    threading.Timer(1.0, cancel.set).start()
+    pidfile = tmp_path / "pids"
+    with pytest.raises(zygote.ChildFailed, match=r"^cancelled$"):
+        zygote.call("tests.zygote_targets:spawn_and_sleep", {"s": 60, "pidfile": str(pidfile)}, cancel=cancel)
+    for pid in [int(p) for p in pidfile.read_text().split()]:
+        if not _gone(pid):
+            os.kill(pid, signal.SIGKILL)
+            pytest.fail(f"process {pid} outlived its cancelled call")
