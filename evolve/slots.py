@@ -34,15 +34,18 @@ from pathlib import Path
 import ray
 
 TAKE_POLL_S = 5.0  # relays' long-poll for a job
+LEASE_S = 60.0  # a busy slot whose trial has not polled for this long is taken back
 
 
 @ray.remote(num_cpus=0, max_concurrency=1000)
 class SlotBoard:
     """The slots' state; every method is cheap, waits are long-polls."""
 
-    def __init__(self, n: int):
+    def __init__(self, n: int, lease_s: float = LEASE_S):
+        self.lease_s = lease_s
         self.slots = {i: {"alive": False, "busy": False, "job": None, "reports": [], "finished": {},
-                          "cancelled": False, "rendezvous": None, "reason": None} for i in range(n)}
+                          "cancelled": False, "rendezvous": None, "reason": None, "seen": 0.0}
+                      for i in range(n)}
         self.stopping = False
         self.changed = asyncio.Condition()
 
@@ -77,15 +80,19 @@ class SlotBoard:
         await self._notify()
 
     # -- trials --------------------------------------------------------------
+    def _free(self, s: dict) -> bool:
+        """A live slot nobody holds, or one whose trial stopped polling (its process died)."""
+        return s["alive"] and (not s["busy"] or time.monotonic() - s["seen"] > self.lease_s)
+
     async def acquire(self, timeout: float) -> int | None:
         """Returns a free, live slot (marked busy), or None after `timeout`."""
-        def free():
-            return any(s["alive"] and not s["busy"] for s in self.slots.values())
-
-        if not await self._wait_for(free, timeout):
+        if not await self._wait_for(lambda: any(self._free(s) for s in self.slots.values()), timeout):
             return None
-        slot = next(i for i, s in self.slots.items() if s["alive"] and not s["busy"])
-        self.slots[slot]["busy"] = True
+        slot = next(i for i, s in self.slots.items() if self._free(s))
+        # a job left by a dead trial is dropped: its relays see it go and kill their children
+        self.slots[slot].update(busy=True, seen=time.monotonic(), job=None, reports=[], finished={},
+                                cancelled=False, rendezvous=None)
+        await self._notify()
         return slot
 
     async def release(self, slot: int) -> None:
@@ -94,12 +101,14 @@ class SlotBoard:
         await self._notify()
 
     async def put_job(self, slot: int, job: dict) -> None:
-        self.slots[slot].update(job=job, reports=[], finished={}, cancelled=False, rendezvous=None)
+        self.slots[slot].update(job=job, reports=[], finished={}, cancelled=False, rendezvous=None,
+                                seen=time.monotonic())
         await self._notify()
 
     async def wait(self, slot: int, job_id: str, cursor: int, timeout: float) -> dict:
         """Returns the job's reports after `cursor`, its per-rank outcomes and whether all ranks ended."""
         s = self.slots[slot]
+        s["seen"] = time.monotonic()
 
         def news():
             return len(s["reports"]) > cursor or self._done(s)

@@ -47,7 +47,7 @@ def train_variant(config: dict, on_report=None) -> dict:
     evaluation = _EvaluationWhenReady(out_dir, config)
     try:
         errors = _run_on_slot(board, slot, config, on_report)
-    finally:
+    finally:  # also when Tune stops this trial: the relays then kill the job's children
         ray.get(board.release.remote(slot))
     if not errors:
         try:
