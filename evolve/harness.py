@@ -170,7 +170,7 @@ def _dev_loss(model, dev, seq: int) -> float:
     return loss.item()
 
 
-def _train(config: dict, rank: int, world: int, out_dir: Path, report) -> None:
+def _train(config: dict, rank: int, world: int, out_dir: Path, report) -> dict:
     import deepspeed
     import numpy as np
     import torch
@@ -250,11 +250,12 @@ def _train(config: dict, rank: int, world: int, out_dir: Path, report) -> None:
                 if not smoke:
                     report(point)
     t_last = time.time()
+    summary = {"curve": curve, "train_seconds": train_seconds, "tokens_trained": micro_steps * tokens_per_micro,
+               "n_params": n_params, "optimizer_steps": total_steps, "setup_seconds": setup_seconds,
+               "first_step_at": t_first, "last_step_at": t_last, "world_size": world}
     if rank == 0 and not smoke:
         engine.module.save_pretrained(out_dir / "model", safe_serialization=True)
-        summary = {"curve": curve, "train_seconds": train_seconds, "tokens_trained": micro_steps * tokens_per_micro,
-                   "n_params": n_params, "optimizer_steps": total_steps, "setup_seconds": setup_seconds,
-                   "first_step_at": t_first, "last_step_at": t_last, "world_size": world}
         tmp = out_dir / "summary.json.tmp"
         tmp.write_text(json.dumps(summary))
         os.replace(tmp, out_dir / "summary.json")
+    return summary

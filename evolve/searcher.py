@@ -192,26 +192,8 @@ class EvolveSearcher(Searcher):
                 "variant_dir": str(variant_dir), "out_dir": str(run / "trials" / vid)}
 
     def _record(self, vid: str, trial_id: str, outcome: dict) -> None:
-        v = self.variants[vid]
-        summary = outcome.get("summary") or {}
-        curve = summary.get("curve") or []
-        fitness = outcome.get("fitness")
-        row = {
-            "variant_id": vid, "parent_ids": list(v.parents), "operator": v.operator,
-            "record": v.record, "island": v.island, "status": outcome["status"],
-            "failure_reason": outcome.get("failure_reason"), "fitness": fitness,
-            "metrics": outcome.get("metrics") or {}, "curve": curve,
-            "final_train_loss": curve[-1][1] if curve else None,
-            "final_dev_loss": curve[-1][2] if curve else None,
-            "train_seconds": summary.get("train_seconds"),
-            "trial_seconds": outcome.get("trial_seconds"),
-            "tokens_trained": summary.get("tokens_trained"),
-            "setup_seconds": summary.get("setup_seconds"), "eval_seconds": outcome.get("eval_seconds"),
-            "trial_id": trial_id, "created_at": v.created_at,
-            "started_at": outcome.get("trial_started_at"),
-            "first_step_at": summary.get("first_step_at"), "last_step_at": summary.get("last_step_at"),
-            "finished_at": time.time(),
-        }
+        row = result_row(self.variants[vid], trial_id, outcome)
+        curve, fitness = row["curve"], row["fitness"]
         self.store.append_result(row)  # durable before the searcher counts it
         self.results[vid] = {"status": outcome["status"], "fitness": fitness, "curve": curve,
                              "metrics": row["metrics"]}
@@ -243,3 +225,26 @@ class EvolveSearcher(Searcher):
         best_txt = f"{self.results[best]['fitness']:.4f} ({best[:8]})" if best else "-"
         return (f"[{self.n_recorded:>3}/{self.spec.budget.trials}] {vid[:8]} <- {parent:<17} "
                 f"{what[:60]:<60} | {got} | best {best_txt}")
+
+
+def result_row(v: Variant, trial_id: str, outcome: dict) -> dict:
+    """Returns the population row of one finished trial of variant `v`."""
+    summary = outcome.get("summary") or {}
+    curve = summary.get("curve") or []
+    fitness = outcome.get("fitness")
+    return {
+        "variant_id": v.id, "parent_ids": list(v.parents), "operator": v.operator,
+        "record": v.record, "island": v.island, "status": outcome["status"],
+        "failure_reason": outcome.get("failure_reason"), "fitness": fitness,
+        "metrics": outcome.get("metrics") or {}, "curve": curve,
+        "final_train_loss": curve[-1][1] if curve else None,
+        "final_dev_loss": curve[-1][2] if curve else None,
+        "train_seconds": summary.get("train_seconds"),
+        "trial_seconds": outcome.get("trial_seconds"),
+        "tokens_trained": summary.get("tokens_trained"),
+        "setup_seconds": summary.get("setup_seconds"), "eval_seconds": outcome.get("eval_seconds"),
+        "trial_id": trial_id, "created_at": v.created_at,
+        "started_at": outcome.get("trial_started_at"),
+        "first_step_at": summary.get("first_step_at"), "last_step_at": summary.get("last_step_at"),
+        "finished_at": time.time(),
+    }

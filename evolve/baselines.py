@@ -1,0 +1,153 @@
+"""Classical baselines over the same space the heuristic operator searches: random search and TPE.
+
+The space is read from the spec: every key of the settings file the
+heuristic operator may change that has `choices`, `bounds` or a boolean
+value, sampled log-uniformly where the key is in `log_scale`. Each sample
+becomes a variant (the seed's files with those settings written into the
+YAML in place) and is trained by the same trainable on the same warm slots,
+with the same token budget, so a comparison is at equal compute. Results
+go into the run's population table like any search's, with the method as
+the operator.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import yaml
+
+from evolve.config import Spec
+from evolve.operators.heuristic import mutable_keys
+from evolve.yamledit import flatten, set_value
+
+FAILED_SCORE = 1e3  # what a failed trial reports to a model-based searcher (worse than any loss)
+
+
+def search_space(spec: Spec, settings_text: str) -> dict:
+    """Returns {key: tune domain} for the keys random search and TPE sample."""
+    from ray import tune
+
+    h = spec.operator.heuristic
+    flat = flatten(yaml.safe_load(settings_text))
+    space = {}
+    for key in mutable_keys(yaml.safe_load(settings_text), h):
+        value = flat[key]
+        log = key in h.log_scale
+        if key in h.choices:
+            space[key] = tune.choice(list(h.choices[key]))
+        elif isinstance(value, bool):
+            space[key] = tune.choice([True, False])
+        elif key in h.bounds:
+            lo, hi = h.bounds[key]
+            if isinstance(value, int):
+                lo, hi = int(lo), int(hi)
+                space[key] = tune.lograndint(max(1, lo), hi + 1) if log else tune.randint(lo, hi + 1)
+            else:
+                space[key] = tune.loguniform(lo, hi) if log and lo > 0 else tune.uniform(lo, hi)
+    return space
+
+
+def settings_text(seed_text: str, values: dict) -> str:
+    """Returns the seed's settings YAML with `values` written in place (comments kept)."""
+    text = seed_text
+    for key in sorted(values):
+        v = values[key]
+        if isinstance(v, float):
+            v = float(f"{v:.4g}")
+        text = set_value(text, key, v)
+    return text
+
+
+def baseline_trainable(config: dict, ctx: dict) -> None:
+    """A Tune trainable: writes the sampled settings into the seed, trains it, reports the fitness."""
+    from ray import tune
+
+    from evolve.store import atomic_write
+    from evolve.trial import train_variant
+    from evolve.variant import content_hash, variant_id
+
+    values = dict(config)
+    seed_dir = Path(ctx["seed_dir"])
+    files = {p.relative_to(seed_dir).as_posix(): p.read_bytes() for p in sorted(seed_dir.rglob("*")) if p.is_file()}
+    files[ctx["settings_file"]] = settings_text(files[ctx["settings_file"]].decode(), values).encode()
+    vid = variant_id({p: content_hash(b) for p, b in files.items()})
+    work = Path(ctx["run_dir"]) / "work" / vid
+    for rel, data in files.items():
+        atomic_write(work / rel, data)
+    trial_id = tune.get_context().get_trial_id()
+    result = train_variant({**ctx["context"], "variant_id": vid, "trial_id": trial_id,
+                            "variant_dir": str(work), "out_dir": str(Path(ctx["run_dir"]) / "trials" / vid)})
+    result["values"] = values
+    score = result["fitness"] if result["fitness"] is not None else FAILED_SCORE
+    tune.report({"fitness": score, "result_json": json.dumps(result)})
+
+
+def run_baseline(spec: Spec, run_dir: str | os.PathLike, method: str, log=print) -> list[dict]:
+    """Runs random search or TPE for `spec.budget.trials` trials; records and returns their rows."""
+    from ray import tune
+
+    from evolve import zygote
+    from evolve.runner import init_ray, prepare_run, scaffold_files
+    from evolve.searcher import result_row
+    from evolve.slots import SlotPool
+    from evolve.store import Store
+    from evolve.trial import TRIAL_RESOURCES
+    from evolve.variant import Variant
+
+    if method not in ("random", "tpe"):
+        raise ValueError(f"method: expected 'random' or 'tpe', got {method!r}")
+    run_dir = Path(run_dir).resolve()
+    _, context = prepare_run(spec, run_dir)
+    store = Store(run_dir)
+    seed_files = scaffold_files(spec)
+    seed = Variant(files=store.put_files(seed_files), operator="seed")
+    store.put_variant(seed)
+    seed_dir = store.materialize(seed, run_dir / "work" / "seed")
+    prefix = spec.scaffold.rstrip("/") + "/"
+    settings_file = spec.operator.heuristic.file[len(prefix):]
+    space = search_space(spec, seed_files[settings_file].decode())
+    if method == "random":
+        search_alg = tune.search.BasicVariantGenerator(random_state=spec.seed)
+    else:
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+
+        search_alg = OptunaSearch(metric="fitness", mode=spec.objective.mode,
+                                  sampler=optuna.samplers.TPESampler(seed=spec.seed))
+    init_ray(spec, num_cpus=os.cpu_count())
+    slots = SlotPool(spec.budget.concurrent, context["resources"], context["train_storage"], context["slots"], log=log)
+    zygote_pid = None
+    try:
+        zygote_pid = zygote.ping(zygote.ensure())
+        tuner = tune.Tuner(
+            # the constants go beside the space, which searchers flatten and parse
+            tune.with_resources(tune.with_parameters(baseline_trainable, ctx={
+                "seed_dir": str(seed_dir), "settings_file": settings_file, "run_dir": str(run_dir),
+                "context": context}), TRIAL_RESOURCES),
+            param_space=space,
+            tune_config=tune.TuneConfig(search_alg=search_alg, num_samples=spec.budget.trials,
+                                        max_concurrent_trials=spec.budget.concurrent, reuse_actors=True),
+            run_config=tune.RunConfig(name=f"tune-{method}", storage_path=str(run_dir), verbose=0))
+        grid = tuner.fit()
+    finally:
+        slots.close()
+        if zygote_pid is not None and zygote.ping() == zygote_pid:
+            zygote.shutdown()
+    rows = []
+    for r in grid:
+        if r.metrics is None or "result_json" not in r.metrics:
+            continue
+        outcome = json.loads(r.metrics["result_json"])
+        files = {**seed_files, settings_file: settings_text(seed_files[settings_file].decode(),
+                                                            outcome["values"]).encode()}
+        v = Variant(files=store.put_files(files), parents=(seed.id,), operator=method,
+                    record={"kind": method, "values": outcome["values"],
+                            "rationale": f"{method} sample"})
+        store.put_variant(v)
+        row = result_row(v, r.metrics.get("trial_id", ""), outcome)
+        store.append_result(row)
+        rows.append(row)
+    return rows
