@@ -30,8 +30,9 @@ def summary_lines(run_dir: str, pop=None) -> list[str]:
     metric = "fitness"
     best, seed = pop.best_id(), pop.seed_id()
     by_id = pop.set_index("variant_id")
+    stopped = (pop["status"] == "stopped").sum()
     lines = [f"variants: {len(pop)} finished ({(pop['status'] == 'completed').sum()} completed, "
-             f"{(pop['status'] == 'failed').sum()} failed)"]
+             f"{(pop['status'] == 'failed').sum()} failed" + (f", {stopped} stopped early" if stopped else "") + ")"]
     if best is None:
         return lines + ["no variant completed"]
     b = by_id.loc[best, metric]

@@ -99,6 +99,15 @@ class Selection:
 
 
 @dataclass(frozen=True)
+class Scheduler:
+    """Whether Ray Tune stops weak trials early on their learning curves."""
+
+    kind: str = "fifo"  # "fifo": every trial trains its whole budget; "asha": Ray Tune's ASHA
+    grace_tokens: int = 0  # tokens before a trial may be stopped; 0: an eighth of budget.train_tokens
+    reduction_factor: int = 3  # keep the best 1/reduction_factor at each rung
+
+
+@dataclass(frozen=True)
 class Trial:
     workers: int = 1  # Ray Train workers (data-parallel ranks) per trial
     cpus_per_worker: float = 1.0
@@ -117,6 +126,7 @@ class Spec:
     budget: Budget = field(default_factory=Budget)
     operator: Operator = field(default_factory=Operator)
     selection: Selection = field(default_factory=Selection)
+    scheduler: Scheduler = field(default_factory=Scheduler)
     trial: Trial = field(default_factory=Trial)
     task: dict = field(default_factory=dict)  # passed to the experiment's harness
     seed: int = 0  # seeds the searcher's RNG
@@ -135,6 +145,7 @@ _SECTIONS = {
     "budget": Budget,
     "operator": Operator,
     "selection": Selection,
+    "scheduler": Scheduler,
     "trial": Trial,
 }
 
@@ -259,6 +270,13 @@ def _check(spec: Spec) -> None:
     for name in ("islands", "tournament", "migrate_every"):
         if getattr(s, name) < 1:
             raise SpecError(f"selection.{name}: must be at least 1, got {getattr(s, name)!r}")
+    sc = spec.scheduler
+    if sc.kind not in ("fifo", "asha"):
+        raise SpecError(f"scheduler.kind: expected 'fifo' or 'asha', got {sc.kind!r}")
+    if sc.grace_tokens < 0 or sc.grace_tokens > spec.budget.train_tokens:
+        raise SpecError(f"scheduler.grace_tokens: expected 0..budget.train_tokens, got {sc.grace_tokens!r}")
+    if sc.reduction_factor < 2:
+        raise SpecError(f"scheduler.reduction_factor: must be at least 2, got {sc.reduction_factor!r}")
     t = spec.trial
     if t.workers < 1:
         raise SpecError(f"trial.workers: must be at least 1, got {t.workers!r}")

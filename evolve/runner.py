@@ -113,6 +113,20 @@ def prepare_run(spec: Spec, run_dir: Path) -> tuple[dict, dict]:
     return meta, context
 
 
+def make_scheduler(spec: Spec):
+    """Returns Ray Tune's trial scheduler for the spec: FIFO, or ASHA on the dev loss by tokens."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    sc = spec.scheduler
+    if sc.kind == "fifo":
+        return FIFOScheduler()
+    # max_t above the budget: a trial that reaches its budget must live to report its result
+    return ASHAScheduler(time_attr="tokens", metric="dev_loss", mode="min",
+                         max_t=spec.budget.train_tokens + 1, stop_last_trials=False,
+                         grace_period=sc.grace_tokens or max(1, spec.budget.train_tokens // 8),
+                         reduction_factor=sc.reduction_factor)
+
+
 def hold_api_keys(spec: Spec) -> None:
     """Moves the models' API keys out of the environment before any process starts.
 
@@ -164,7 +178,8 @@ def run_search(spec: Spec, run_dir: str | os.PathLike, log=print, verbose: int =
         tuner = tune.Tuner(
             tune.with_resources(trainable, TRIAL_RESOURCES),
             tune_config=tune.TuneConfig(search_alg=searcher, num_samples=spec.budget.trials,
-                                        max_concurrent_trials=spec.budget.concurrent, reuse_actors=True),
+                                        max_concurrent_trials=spec.budget.concurrent, reuse_actors=True,
+                                        scheduler=make_scheduler(spec)),
             run_config=tune.RunConfig(name="tune", storage_path=str(run_dir), verbose=verbose),
         )
         tuner.fit()

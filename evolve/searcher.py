@@ -49,8 +49,11 @@ class EvolveSearcher(Searcher):
         self.rng = random.Random(spec.seed)
         self.variants: dict[str, Variant] = {}
         self.results: dict[str, dict] = {}  # variant id -> {"status", "fitness", ...}
+        self.scores: dict[str, float] = {}  # variant id -> finite score (higher is better), completed only
+        self._best: str | None = None
         self.islands: list[list[str]] = [[] for _ in range(spec.selection.islands)]
         self.live: dict[str, str] = {}  # trial id -> variant id
+        self.curves: dict[str, list] = {}  # trial id -> learning curve so far
         self.n_suggested = 0
         self.n_recorded = 0
         seed = Variant(files=store.put_files(seed_files), operator="seed",
@@ -91,11 +94,27 @@ class EvolveSearcher(Searcher):
             self.llm.pump(self)  # keep the agent writing ahead of the next free slot
         return self._trial_config(child.id, trial_id)
 
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """Keeps each live trial's learning curve, for a trial the scheduler stops early."""
+        if trial_id in self.live and "dev_loss" in result and "result_json" not in result:
+            self.curves.setdefault(trial_id, []).append(
+                [result["tokens"], result["train_loss"], result["dev_loss"]])
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         vid = self.live.pop(trial_id, None)
+        curve = self.curves.pop(trial_id, [])
         if vid is None or vid in self.results:
             return  # unknown, or already recorded (a repeated callback)
         outcome = json.loads(result["result_json"]) if result and "result_json" in result else None
+        if outcome is None and not error and result and "dev_loss" in result:
+            point = [result["tokens"], result["train_loss"], result["dev_loss"]]
+            if not curve or curve[-1] != point:
+                curve.append(point)  # the result the scheduler stopped it on
+        if outcome is None and not error and curve:  # the scheduler stopped it: a result, not a failure
+            outcome = {"status": "stopped", "fitness": None,
+                       "failure_reason": f"stopped early by the scheduler at {curve[-1][0]:,} tokens "
+                                         f"(dev loss {curve[-1][2]:.4f})",
+                       "summary": {"curve": curve, "tokens_trained": curve[-1][0]}}
         if error or outcome is None:
             outcome = {"status": "failed", "fitness": None,
                        "failure_reason": "the trial process errored before reporting (see Tune's error.txt)"}
@@ -134,13 +153,12 @@ class EvolveSearcher(Searcher):
 
     # -- population ------------------------------------------------------------
     def _score(self, vid: str) -> float:
-        r = self.results.get(vid)
-        return pop.score(r["fitness"] if r else None, self.spec.objective.mode)
+        return self.scores.get(vid, -math.inf)
 
     def _members(self, island: int) -> list[tuple[str, float]]:
         """Returns the scored members to select from: the island's, else anyone's, else the seed."""
         for ids in (self.islands[island], list(self.results)):
-            scored = [(v, self._score(v)) for v in ids if math.isfinite(self._score(v))]
+            scored = [(v, self.scores[v]) for v in ids if v in self.scores]
             if scored:
                 return scored
         return [(self.seed_id, 0.0)]
@@ -197,6 +215,11 @@ class EvolveSearcher(Searcher):
         self.store.append_result(row)  # durable before the searcher counts it
         self.results[vid] = {"status": outcome["status"], "fitness": fitness, "curve": curve,
                              "metrics": row["metrics"]}
+        score = pop.score(fitness, self.spec.objective.mode)
+        if math.isfinite(score):
+            self.scores[vid] = score
+            if self._best is None or score > self.scores[self._best]:
+                self._best = vid
         self.n_recorded += 1
         self._migrate_if_due()
         self.log(self._result_line(vid, outcome))
@@ -206,12 +229,11 @@ class EvolveSearcher(Searcher):
     def _migrate_if_due(self) -> None:
         if self.n_recorded % self.spec.selection.migrate_every:
             return
-        scores = {v: self._score(v) for v in self.results}
-        for vid, dest in pop.migrations(self.islands, scores):
+        for vid, dest in pop.migrations(self.islands, self.scores):
             self.islands[dest].append(vid)
 
     def best_id(self) -> str | None:
-        return pop.best([(v, self._score(v)) for v in self.results])
+        return self._best
 
     def _result_line(self, vid: str, outcome: dict) -> str:
         v = self.variants[vid]
@@ -220,7 +242,8 @@ class EvolveSearcher(Searcher):
         if outcome["status"] == "completed":
             got = f"{self.spec.objective.metric} {outcome['fitness']:.4f}"
         else:
-            got = f"FAILED: {outcome.get('failure_reason')}"
+            what_happened = "STOPPED" if outcome["status"] == "stopped" else "FAILED"
+            got = f"{what_happened}: {outcome.get('failure_reason')}"
         best = self.best_id()
         best_txt = f"{self.results[best]['fitness']:.4f} ({best[:8]})" if best else "-"
         return (f"[{self.n_recorded:>3}/{self.spec.budget.trials}] {vid[:8]} <- {parent:<17} "

@@ -52,15 +52,20 @@ RESULT_SCHEMA = pa.schema([
 ])
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Writes `data` to `path` through a temporary file and a rename."""
+def atomic_write(path: Path, data: bytes, durable: bool = True) -> None:
+    """Writes `data` to `path` through a temporary file and a rename.
+
+    `durable` flushes the file to disk before the rename (a record); files
+    that can be made again from the store (a materialised variant) skip it.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -107,7 +112,7 @@ class Store:
             target = dest / rel
             if target.is_file() and target.read_bytes() == data:
                 continue
-            atomic_write(target, data)
+            atomic_write(target, data, durable=False)  # made again from objects/ if lost
         return dest
 
     # -- variants ------------------------------------------------------------

@@ -15,6 +15,14 @@ import yaml
 _KEY_LINE = re.compile(r"^(?P<indent>\s*)(?P<key>[A-Za-z_][\w\-]*)\s*:(?P<rest>.*)$")
 
 
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: about 10x faster
+
+
+def load(text: str):
+    """Returns `yaml.safe_load(text)`, through libyaml where it is installed."""
+    return yaml.load(text, Loader=_Loader)
+
+
 def flatten(d: dict, prefix: str = "") -> dict:
     """Returns {dotted.key: scalar} for every scalar leaf of a nested mapping."""
     out = {}
@@ -89,7 +97,7 @@ def set_value(text: str, dotted: str, value) -> str:
             new = f"{m['indent']}{m['key']}:{pad}{format_scalar(value)}{tail}{comment}"
             lines[i] = new + ("\n" if line.endswith("\n") else "")
             out = "".join(lines)
-            if flatten(yaml.safe_load(out) or {}).get(dotted) != value:
+            if flatten(load(out) or {}).get(dotted) != value:
                 raise KeyError(f"{dotted}: could not set to {value!r} in place")
             return out
         if not body.strip():

@@ -292,3 +292,22 @@ def test_baselines_train_their_samples_on_the_slots(ray_cluster, tmp_path, metho
         assert set(row["record"]["values"]) <= set(
             __import__("evolve.baselines", fromlist=["x"]).search_space(
                 spec, (Path(spec.root) / "scaffold" / "config.yaml").read_text()))
+
+
+def test_asha_stops_weak_trials_and_frees_their_slots(ray_cluster, tmp_path):
+    """A strict ASHA on one slot: later children worse than the best at the first rung stop there."""
+    run_dir = tmp_path / "asha"
+    spec = load_spec(Path(__file__).parents[1] / "experiments" / "tiny_lm", [
+        "budget.train_tokens=32768", "trial.report_every=2", "budget.trials=5", "budget.concurrent=1",
+        "scheduler.kind=asha", "scheduler.grace_tokens=8192", "scheduler.reduction_factor=50"])
+    lines = []
+    run_search(spec, run_dir, log=lines.append, verbose=0)
+    pop = load_population(run_dir)
+    assert len(pop) == 5 and set(pop["status"]) <= {"completed", "stopped"}, list(pop["failure_reason"])
+    stopped = pop[pop["status"] == "stopped"]
+    assert len(stopped) >= 1
+    for _, row in stopped.iterrows():
+        assert row["failure_reason"].startswith("stopped early by the scheduler at ")
+        assert row["curve"] and row["tokens_trained"] < 32768 and row["fitness"] != row["fitness"]
+    assert any("STOPPED" in ln for ln in lines)
+    assert (pop[pop["status"] == "completed"]["tokens_trained"] == 32768).all()

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import random
 
-import yaml
 
 from evolve.config import Heuristic
-from evolve.yamledit import flatten, set_value
+from evolve.yamledit import flatten, load, set_value
 
 LOG_FACTORS = (0.5, 0.7, 1.4, 2.0)  # multiplicative steps for rates and scales
 LINEAR_STEP = 0.2  # fraction of the bounds' width (or of the value) per step
@@ -70,7 +69,7 @@ def perturb_value(rng: random.Random, key: str, value, policy: Heuristic):
 
 def perturb(rng: random.Random, text: str, policy: Heuristic) -> tuple[str, dict]:
     """Returns (child text, record) with up to `policy.mutations` keys changed."""
-    settings = yaml.safe_load(text) or {}
+    settings = load(text) or {}
     keys = mutable_keys(settings, policy)
     if not keys:
         raise ValueError(f"{policy.file}: no key the heuristic operator may change")
@@ -97,9 +96,9 @@ def crossover(rng: random.Random, text_a: str, text_b: str,
     Only keys both parents hold and the operator may change are mixed; each
     is taken from B with probability 1/2.
     """
-    a = flatten(yaml.safe_load(text_a) or {})
-    b = flatten(yaml.safe_load(text_b) or {})
-    keys = [k for k in mutable_keys(yaml.safe_load(text_a) or {}, policy) if k in b]
+    a = flatten(load(text_a) or {})
+    b = flatten(load(text_b) or {})
+    keys = [k for k in mutable_keys(load(text_a) or {}, policy) if k in b]
     changes = []
     for key in keys:
         if a[key] != b[key] and rng.random() < 0.5:

@@ -17,6 +17,7 @@ logged once.
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections import Counter, deque
 from pathlib import Path
@@ -272,8 +273,8 @@ class LLMOperator:
     def _child_request(self, s) -> Request:
         island = pop.island_for(self.n_child_requests, len(s.islands))
         parent = pop.select_parents(s.rng, s._members(island), s.spec.selection.tournament, 1)[0]
-        ranked = sorted(((s._score(v), v) for v in s.results if v != parent
-                         and s.results[v]["fitness"] is not None), key=lambda t: (-t[0], t[1]))
+        ranked = heapq.nsmallest(self.op.inspirations + 1, ((-sc, v) for v, sc in s.scores.items()))
+        ranked = [(-neg, v) for neg, v in ranked if v != parent]
         others = [self.candidate(s, v) for _, v in ranked[: self.op.inspirations]]
         messages = child_messages(self.candidate(s, parent), others, list(self.recent_failures),
                                   self.notebook_text, s.spec.objective.metric, s.spec.objective.mode,
