@@ -104,3 +104,11 @@ def test_a_smoke_run_that_hangs_is_killed(parent, context, tmp_path):
     with pytest.raises(Rejected) as e:
         smoke_run({**parent, "recipe.py": hang.encode()}, context, str(tmp_path / "s"), steps=2, timeout_s=8)
     assert e.value.stage == "smoke" and e.value.reason == "killed after 8 s without finishing"
+
+
+def test_sgd_with_zero_trains(parent, context, tmp_path):
+    """DeepSpeed calls any optimizer but Adam-likes 'untested' with ZeRO; the harness allows the recipe's choice."""
+    cfg = parent["config.yaml"].decode().replace("optimizer: adamw ", "optimizer: sgd   ").replace(
+        "zero_stage: 0 ", "zero_stage: 1 ")
+    assert "optimizer: sgd" in cfg and "zero_stage: 1 " in cfg
+    assert _smoke(parent, context, tmp_path, **{"config.yaml": cfg}) > 0
