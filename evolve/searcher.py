@@ -52,6 +52,9 @@ class EvolveSearcher(Searcher):
         self.scores: dict[str, float] = {}  # variant id -> finite score (higher is better), completed only
         self._best: str | None = None
         self.islands: list[list[str]] = [[] for _ in range(spec.selection.islands)]
+        # kept as results come in, so a suggestion costs the same with 10 or 10,000 variants
+        self.on_island: list[set] = [set() for _ in self.islands]
+        self.island_scored: list[list[tuple[str, float]]] = [[] for _ in self.islands]
         self.live: dict[str, str] = {}  # trial id -> variant id
         self.curves: dict[str, list] = {}  # trial id -> learning curve so far
         self.n_suggested = 0
@@ -157,11 +160,9 @@ class EvolveSearcher(Searcher):
 
     def _members(self, island: int) -> list[tuple[str, float]]:
         """Returns the scored members to select from: the island's, else anyone's, else the seed."""
-        for ids in (self.islands[island], list(self.results)):
-            scored = [(v, self.scores[v]) for v in ids if v in self.scores]
-            if scored:
-                return scored
-        return [(self.seed_id, 0.0)]
+        if self.island_scored[island]:
+            return self.island_scored[island]
+        return list(self.scores.items()) or [(self.seed_id, 0.0)]
 
     def _propose(self) -> Variant | None:
         island = pop.island_for(self.n_suggested, len(self.islands))
@@ -196,12 +197,16 @@ class EvolveSearcher(Searcher):
     def _admit(self, child: Variant) -> None:
         self.store.put_variant(child)
         self.variants[child.id] = child
-        if child.id not in self.islands[child.island]:
-            self.islands[child.island].append(child.id)
-        if child.id == self.seed_id:  # the seed belongs to every island
-            for members in self.islands:
-                if child.id not in members:
-                    members.append(child.id)
+        homes = range(len(self.islands)) if child.id == self.seed_id else [child.island]
+        for i in homes:  # the seed belongs to every island
+            self._join(i, child.id)
+
+    def _join(self, island: int, vid: str) -> None:
+        if vid not in self.on_island[island]:
+            self.on_island[island].add(vid)
+            self.islands[island].append(vid)
+            if vid in self.scores:
+                self.island_scored[island].append((vid, self.scores[vid]))
 
     def _trial_config(self, vid: str, trial_id: str) -> dict:
         run = Path(self.store.root).resolve()
@@ -220,6 +225,9 @@ class EvolveSearcher(Searcher):
             self.scores[vid] = score
             if self._best is None or score > self.scores[self._best]:
                 self._best = vid
+            for i, members in enumerate(self.on_island):
+                if vid in members:
+                    self.island_scored[i].append((vid, score))
         self.n_recorded += 1
         self._migrate_if_due()
         self.log(self._result_line(vid, outcome))
@@ -230,7 +238,7 @@ class EvolveSearcher(Searcher):
         if self.n_recorded % self.spec.selection.migrate_every:
             return
         for vid, dest in pop.migrations(self.islands, self.scores):
-            self.islands[dest].append(vid)
+            self._join(dest, vid)
 
     def best_id(self) -> str | None:
         return self._best
