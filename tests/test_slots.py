@@ -1,21 +1,20 @@
 """The slot board's protocol: trials and relays meeting on an async actor (no training here)."""
 
 import time
+from pathlib import Path
 
 import pytest
 import ray
 
-from evolve.runner import init_ray
 from evolve.config import load_spec
+from evolve.runner import init_ray
 from evolve.slots import SlotBoard
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def board(experiment_spec=None):
-    from pathlib import Path
-
+def board():
     started = not ray.is_initialized()
     if started:
         init_ray(load_spec(Path(__file__).parents[1] / "experiments" / "tiny_lm"), num_cpus=2)
