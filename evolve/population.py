@@ -72,8 +72,3 @@ def migrations(islands: list[list[str]], scores: dict[str, float]) -> list[tuple
             moves.append((best, dest))
     return moves
 
-
-def best(members: list[tuple[str, float]]) -> str | None:
-    """Returns the id of the highest finite score, or None."""
-    finite = [m for m in members if math.isfinite(m[1])]
-    return max(finite, key=lambda m: m[1])[0] if finite else None

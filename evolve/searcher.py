@@ -155,9 +155,6 @@ class EvolveSearcher(Searcher):
             self.llm.log = self.log
 
     # -- population ------------------------------------------------------------
-    def _score(self, vid: str) -> float:
-        return self.scores.get(vid, -math.inf)
-
     def _members(self, island: int) -> list[tuple[str, float]]:
         """Returns the scored members to select from: the island's, else anyone's, else the seed."""
         if self.island_scored[island]:

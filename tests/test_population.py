@@ -43,7 +43,5 @@ def test_migrations_ring_of_bests():
     assert pop.migrations([["a"], ["a"]], {"a": 1.0}) == []
 
 
-def test_island_round_robin_and_best():
+def test_island_round_robin():
     assert [pop.island_for(i, 3) for i in range(5)] == [0, 1, 2, 0, 1]
-    assert pop.best([("a", -math.inf), ("b", 1.0)]) == "b"
-    assert pop.best([("a", -math.inf)]) is None

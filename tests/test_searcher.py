@@ -70,3 +70,15 @@ def test_save_restore_continues_identically(experiment, tmp_path):
     nxt = [s2.suggest("t2")["variant_id"], s2.suggest("t3")["variant_id"]]
     assert [s3.suggest("t2")["variant_id"], s3.suggest("t3")["variant_id"]] == nxt
     assert s3.live == s2.live and s3.islands == s2.islands
+
+
+def test_best_and_island_members_follow_the_results(experiment, tmp_path):
+    s, _ = make(experiment, tmp_path)
+    fits = [2.5, None, 2.1, 2.4, 2.3, 2.0, None, 2.2]
+    for i, fit in enumerate(fits):
+        cfg = s.suggest(f"t{i}")
+        finish(s, f"t{i}", cfg, fit)
+    completed = {v: r["fitness"] for v, r in s.results.items() if r["fitness"] is not None}
+    assert s.best_id() == min(completed, key=completed.get)
+    for island, ids in enumerate(s.islands):  # each island's pool is exactly its scored members
+        assert sorted(v for v, _ in s._members(island)) == sorted(v for v in ids if v in completed)
