@@ -41,12 +41,17 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=24)
     ap.add_argument("--train-tokens", type=int, default=163_840)
     ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--out", default=None, help="a JSON file for the per-run figures")
+    ap.add_argument("--out", default=None,
+                    help="a JSON file of per-run figures, written after each run; runs already in it are not repeated")
     args = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="evolve-bench-"))
-    results = {m: [] for m in args.methods.split(",")}
+    out = Path(args.out) if args.out else None
+    kept = json.loads(out.read_text()) if out and out.is_file() else {}
+    results = {m: [r for r in kept.get(m, []) if r["seed"] < args.seeds] for m in args.methods.split(",")}
     for seed in range(args.seeds):
         for method in results:
+            if any(r["seed"] == seed for r in results[method]):
+                continue
             spec = load_spec(ROOT / "experiments" / "tiny_lm", [
                 f"budget.trials={args.trials}", f"budget.train_tokens={args.train_tokens}", f"seed={seed}"])
             run_dir = base / f"{method}-{seed}"
@@ -60,17 +65,21 @@ def main() -> None:
                                     "wall_s": time.time() - t0})
             print(f"seed {seed} {method:<7} best held-out loss {best:.4f} "
                   f"({done}/{n} completed, {time.time() - t0:.0f} s)", flush=True)
-    print(f"\n{args.trials} trials x {args.train_tokens:,} tokens per method and seed, {args.seeds} seeds")
-    rand = statistics.mean(r["best"] for r in results["random"]) if "random" in results else None
-    for method, runs in results.items():
-        bests = [r["best"] for r in runs]
+            if out:
+                out.write_text(json.dumps({**kept, **results}, indent=1))
+    table = {**kept, **results}
+    print(f"\n{args.trials} trials x {args.train_tokens:,} tokens per method and seed, {args.seeds} seeds "
+          f"(runs under {base})")
+    rand = statistics.mean(r["best"] for r in table["random"]) if table.get("random") else None
+    for method, runs in table.items():
+        if not runs:
+            continue
+        bests = [r["best"] for r in sorted(runs, key=lambda r: r["seed"])]
         mean = statistics.mean(bests)
         spread = statistics.stdev(bests) if len(bests) > 1 else 0.0
         rel = f"  ({(mean - rand) / rand * 100:+.2f}% vs random)" if rand else ""
         print(f"{method:<7} mean best {mean:.4f} +- {spread:.4f}  per seed "
               f"{', '.join(f'{b:.4f}' for b in bests)}{rel}")
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":
