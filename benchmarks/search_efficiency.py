@@ -2,7 +2,8 @@
 
 For each seed, runs the same number of trials with the same tokens per
 trial, 2 at once on warm slots, for: evolve's search (heuristic operator),
-random search (Ray Tune's sampler) and Optuna's TPE through Ray Tune, all
+random search (Ray Tune's sampler), Optuna's TPE through Ray Tune and
+Ray Tune's Population Based Training (from DeepSpeed checkpoints), all
 over the space the heuristic operator's `choices` and `bounds` define.
 Prints each method's best held-out loss per seed, the mean and spread over
 seeds, and each mean relative to random search's, all from this run.
@@ -26,7 +27,7 @@ from evolve.baselines import run_baseline  # noqa: E402
 from evolve.config import load_spec  # noqa: E402
 from evolve.runner import run_search  # noqa: E402
 
-METHODS = ("evolve", "random", "tpe")
+METHODS = ("evolve", "random", "tpe", "pbt")
 
 
 def best_of(run_dir: Path) -> tuple[float, int, int]:

@@ -1,4 +1,4 @@
-"""Classical baselines over the same space the heuristic operator searches: random search and TPE.
+"""Classical baselines over the same space the heuristic operator searches: random, TPE and PBT.
 
 The space is read from the spec: every key of the settings file the
 heuristic operator may change that has `choices`, `bounds` or a boolean
@@ -8,6 +8,14 @@ YAML in place) and is trained by the same trainable on the same warm slots,
 with the same token budget, so a comparison is at equal compute. Results
 go into the run's population table like any search's, with the method as
 the operator.
+
+Population Based Training (Ray Tune's scheduler, asynchronous) runs
+`budget.trials` trials from random samples, `budget.concurrent` at a time;
+every quarter of the token budget a trial in the bottom quarter by dev
+loss, among all trials so far, continues from a top trial's DeepSpeed
+checkpoint with that trial's settings perturbed. The keys that change the
+model's shapes (`PBT_FIXED`) are sampled once and never perturbed, so a
+checkpoint always loads.
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ from evolve.operators.heuristic import mutable_keys
 from evolve.yamledit import flatten, set_value
 
 FAILED_SCORE = 1e3  # what a failed trial reports to a model-based searcher (worse than any loss)
+METHODS = ("random", "tpe", "pbt")
+PBT_FIXED = ("n_layer", "n_embd", "n_head", "seq_len")  # they shape the weights a checkpoint holds
 
 
 def search_space(spec: Spec, settings_text: str) -> dict:
@@ -65,7 +75,7 @@ def baseline_trainable(config: dict, ctx: dict) -> None:
     from ray import tune
 
     from evolve.store import atomic_write
-    from evolve.trial import train_variant
+    from evolve.trial import report_point, train_variant
     from evolve.variant import content_hash, variant_id
 
     values = dict(config)
@@ -77,15 +87,43 @@ def baseline_trainable(config: dict, ctx: dict) -> None:
     for rel, data in files.items():
         atomic_write(work / rel, data)
     trial_id = tune.get_context().get_trial_id()
-    result = train_variant({**ctx["context"], "variant_id": vid, "trial_id": trial_id,
-                            "variant_dir": str(work), "out_dir": str(Path(ctx["run_dir"]) / "trials" / vid)})
+    trial_config = {**ctx["context"], "variant_id": vid, "trial_id": trial_id,
+                    "variant_dir": str(work), "out_dir": str(Path(ctx["run_dir"]) / "trials" / f"{vid}-{trial_id}")}
+    if not ctx.get("pbt"):
+        result = train_variant(trial_config)
+        last = {}
+    else:  # PBT reads the curve and moves trials between checkpoints
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is not None:
+            trial_config["resume_from"] = checkpoint.path  # the run's storage is this file system
+        result = train_variant(trial_config, on_report=lambda point: report_point(point, end_time=False))
+        curve = (result.get("summary") or {}).get("curve") or []
+        # no tokens: PBT leaves a finished trial be; one that failed early scores worst
+        last = {"dev_loss": curve[-1][2] if curve else FAILED_SCORE}
     result["values"] = values
     score = result["fitness"] if result["fitness"] is not None else FAILED_SCORE
-    tune.report({"fitness": score, "result_json": json.dumps(result)})
+    tune.report({**last, "fitness": score, "result_json": json.dumps(result)})
+
+
+PBT_INTERVALS = 4  # perturbation points per trial budget
+
+
+def pbt_scheduler(spec: Spec, space: dict):
+    """Returns Ray Tune's PBT on the dev loss by tokens, perturbing every key but `PBT_FIXED`."""
+    import random
+
+    from ray.tune.schedulers import PopulationBasedTraining
+
+    random.seed(spec.seed)  # PBT draws its perturbations from the random module
+    return PopulationBasedTraining(
+        time_attr="tokens", metric="dev_loss", mode="min", require_attrs=False,
+        perturbation_interval=spec.budget.train_tokens // PBT_INTERVALS,
+        hyperparam_mutations={k: v for k, v in space.items() if k not in PBT_FIXED},
+        quantile_fraction=0.25, resample_probability=0.25)
 
 
 def run_baseline(spec: Spec, run_dir: str | os.PathLike, method: str, log=print) -> list[dict]:
-    """Runs random search or TPE for `spec.budget.trials` trials; records and returns their rows."""
+    """Runs random search, TPE or PBT for `spec.budget.trials` trials; records and returns their rows."""
     from ray import tune
 
     from evolve import zygote
@@ -96,8 +134,8 @@ def run_baseline(spec: Spec, run_dir: str | os.PathLike, method: str, log=print)
     from evolve.trial import TRIAL_RESOURCES
     from evolve.variant import Variant
 
-    if method not in ("random", "tpe"):
-        raise ValueError(f"method: expected 'random' or 'tpe', got {method!r}")
+    if method not in METHODS:
+        raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
     run_dir = Path(run_dir).resolve()
     _, context = prepare_run(spec, run_dir)
     store = Store(run_dir)
@@ -108,14 +146,20 @@ def run_baseline(spec: Spec, run_dir: str | os.PathLike, method: str, log=print)
     prefix = spec.scaffold.rstrip("/") + "/"
     settings_file = spec.operator.heuristic.file[len(prefix):]
     space = search_space(spec, seed_files[settings_file].decode())
-    if method == "random":
-        search_alg = tune.search.BasicVariantGenerator(random_state=spec.seed)
+    scheduler, checkpoints = None, tune.CheckpointConfig()
+    if method in ("random", "pbt"):  # a generator passed in must limit its own concurrency
+        search_alg = tune.search.BasicVariantGenerator(random_state=spec.seed, max_concurrent=spec.budget.concurrent)
     else:
         import optuna
         from ray.tune.search.optuna import OptunaSearch
 
         search_alg = OptunaSearch(metric="fitness", mode=spec.objective.mode,
                                   sampler=optuna.samplers.TPESampler(seed=spec.seed))
+    if method == "pbt":
+        scheduler = pbt_scheduler(spec, space)
+        interval = spec.budget.train_tokens // PBT_INTERVALS
+        context = {**context, "checkpoint_tokens": interval}
+        checkpoints = tune.CheckpointConfig(num_to_keep=PBT_INTERVALS)  # a donor's may be any of them
     init_ray(spec, num_cpus=os.cpu_count())
     slots = SlotPool(spec.budget.concurrent, context["resources"], context["train_storage"], context["slots"], log=log)
     zygote_pid = None
@@ -125,11 +169,12 @@ def run_baseline(spec: Spec, run_dir: str | os.PathLike, method: str, log=print)
             # the constants go beside the space, which searchers flatten and parse
             tune.with_resources(tune.with_parameters(baseline_trainable, ctx={
                 "seed_dir": str(seed_dir), "settings_file": settings_file, "run_dir": str(run_dir),
-                "context": context}), TRIAL_RESOURCES),
+                "context": context, "pbt": method == "pbt"}), TRIAL_RESOURCES),
             param_space=space,
-            tune_config=tune.TuneConfig(search_alg=search_alg, num_samples=spec.budget.trials,
+            tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=spec.budget.trials,
                                         max_concurrent_trials=spec.budget.concurrent, reuse_actors=True),
-            run_config=tune.RunConfig(name=f"tune-{method}", storage_path=str(run_dir), verbose=0))
+            run_config=tune.RunConfig(name=f"tune-{method}", storage_path=str(run_dir), verbose=0,
+                                      checkpoint_config=checkpoints))
         grid = tuner.fit()
     finally:
         slots.close()

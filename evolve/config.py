@@ -113,6 +113,8 @@ class Trial:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
     report_every: int = 10  # optimizer steps between learning-curve points
+    # a DeepSpeed checkpoint at the first curve point this many tokens after the last (0: none)
+    checkpoint_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -286,6 +288,8 @@ def _check(spec: Spec) -> None:
         raise SpecError(f"trial.gpus_per_worker: must be 0 or more, got {t.gpus_per_worker!r}")
     if t.report_every < 1:
         raise SpecError(f"trial.report_every: must be at least 1, got {t.report_every!r}")
+    if t.checkpoint_tokens < 0:
+        raise SpecError(f"trial.checkpoint_tokens: must be 0 (none) or more, got {t.checkpoint_tokens!r}")
 
 
 def _check_numbers(name: str, m: dict) -> None:

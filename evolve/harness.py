@@ -26,6 +26,8 @@ HOOKS = ("model_config", "optimizer", "lr_multiplier", "deepspeed_config", "batc
 # GPT2Config fields a recipe may not set: the harness fixes vocabulary and context.
 RESERVED_MODEL_KEYS = ("vocab_size", "n_positions", "n_ctx", "bos_token_id", "eos_token_id")
 ALLOWED_DS_KEYS = ("zero_stage", "gradient_accumulation_steps", "gradient_clipping")
+CHECKPOINT_TAG = "engine"  # DeepSpeed's tag inside a checkpoint folder
+CHECKPOINT_STATE = "evolve_state.json"  # written last: a checkpoint without it is unfinished
 
 
 class RecipeError(RuntimeError):
@@ -137,6 +139,13 @@ def smoke_rank(report, config: dict) -> dict:
     Reports {"imported": True} once the recipe has imported, so a caller
     can tell an import failure from a failure in training.
     """
+    t0 = time.time()
+    solo_rank(report, {**config, "smoke": True})
+    return {"seconds": time.time() - t0}
+
+
+def solo_rank(report, config: dict) -> dict:
+    """Trains a variant as a world of one CPU rank in this process; returns the rank's summary."""
     import socket
 
     import torch.distributed as dist
@@ -146,13 +155,10 @@ def smoke_rank(report, config: dict) -> dict:
         port = s.getsockname()[1]
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1",
                       LOCAL_RANK="0")
-    config = {**config, "resources": {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0},
-              "smoke": True}
+    config = {**config, "resources": {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0}}
     dist.init_process_group(backend="gloo", init_method="env://", rank=0, world_size=1)
     try:
-        t0 = time.time()
-        _train(config, 0, 1, Path(config["out_dir"]), report)
-        return {"seconds": time.time() - t0}
+        return _train(config, 0, 1, Path(config["out_dir"]), report)
     finally:
         dist.destroy_process_group()
 
@@ -172,7 +178,41 @@ def _dev_loss(model, dev, seq: int) -> float:
     return loss.item()
 
 
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """Returns the harness's state saved in a checkpoint folder; one-line RuntimeError if unusable."""
+    state_file = Path(path) / CHECKPOINT_STATE
+    try:
+        state = json.loads(state_file.read_text())
+    except FileNotFoundError:
+        raise RuntimeError(f"checkpoint {path}: no {CHECKPOINT_STATE} (an unfinished checkpoint)") from None
+    except (OSError, ValueError) as e:
+        raise RuntimeError(f"checkpoint {path}: {CHECKPOINT_STATE} is unreadable: {one_line(e)}") from None
+    missing = [k for k in ("tokens", "step", "micro", "optimizer", "zero_stage", "world", "settings")
+               if k not in state]
+    if missing:
+        raise RuntimeError(f"checkpoint {path}: {CHECKPOINT_STATE} lacks {', '.join(missing)}")
+    return state
+
+
+def _save_checkpoint(engine, path: Path, state: dict, rank: int) -> None:
+    """Saves the engine (every rank its shards), then rank 0 writes the state file that commits it."""
+    import torch.distributed as dist
+
+    engine.save_checkpoint(str(path), tag=CHECKPOINT_TAG)
+    dist.barrier()  # every rank's shards are on disk before the checkpoint counts
+    if rank == 0:
+        tmp = path / (CHECKPOINT_STATE + ".tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, path / CHECKPOINT_STATE)
+
+
+def _same(a: dict, b: dict) -> bool:
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
 def _train(config: dict, rank: int, world: int, out_dir: Path, report) -> dict:
+    import warnings
+
     import deepspeed
     import numpy as np
     import torch
@@ -186,6 +226,8 @@ def _train(config: dict, rank: int, world: int, out_dir: Path, report) -> dict:
     smoke = bool(config.get("smoke"))
     if smoke:
         report({"imported": True})
+    resume_dir = None if smoke else config.get("resume_from")
+    resume = read_checkpoint(resume_dir) if resume_dir else None
 
     seq, bs = int(settings.get("seq_len", 0)), int(settings.get("batch_size", 0))
     if seq < 1 or bs < 1:
@@ -197,14 +239,17 @@ def _train(config: dict, rank: int, world: int, out_dir: Path, report) -> dict:
     ds_config = deepspeed_settings(recipe, settings, bs)
     gas = ds_config["gradient_accumulation_steps"]
     tokens_per_micro = bs * seq * world
-    micro_steps = config["train_tokens"] // tokens_per_micro
-    total_steps = micro_steps // gas
-    if total_steps < 1:
+    start_tokens, start_step, start_micro = ((resume["tokens"], resume["step"], resume["micro"])
+                                             if resume else (0, 0, 0))
+    steps_left = (config["train_tokens"] - start_tokens) // tokens_per_micro // gas
+    if steps_left < 1 and not resume:
         raise RecipeError(f"config.yaml: one optimizer step needs {tokens_per_micro * gas:,} "
                           f"tokens, more than the budget of {config['train_tokens']:,}")
     if smoke:  # a check before the trial: a few steps, nothing saved
-        total_steps = min(total_steps, int(config["max_steps"]))
-    micro_steps = total_steps * gas
+        steps_left = min(steps_left, int(config["max_steps"]))
+    steps_left = max(0, steps_left)
+    micro_steps = steps_left * gas
+    total_steps = start_step + steps_left
 
     optimizer = recipe.optimizer(model, settings)
     if not isinstance(optimizer, torch.optim.Optimizer):
@@ -212,16 +257,41 @@ def _train(config: dict, rank: int, world: int, out_dir: Path, report) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, recipe.lr_multiplier(settings, total_steps))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
                                            lr_scheduler=scheduler, config=ds_config)
+    stage = ds_config["zero_optimization"]["stage"]
+    same_run = False
+    if resume:  # the weights always; the optimizer's state when it is the same optimizer, sharded alike
+        same_opt = (resume["optimizer"] == type(optimizer).__name__ and resume["zero_stage"] == stage
+                    and resume["world"] == world)
+        same_run = same_opt and _same(resume["settings"], settings)
+        hyper = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+        loaded, _ = engine.load_checkpoint(resume_dir, tag=CHECKPOINT_TAG, load_optimizer_states=same_opt,
+                                           load_lr_scheduler_states=False, load_module_only=not same_opt)
+        if loaded is None:
+            raise RuntimeError(f"checkpoint {resume_dir}: DeepSpeed found no engine state to load")
+        for group, h in zip(optimizer.param_groups, hyper):  # this recipe's hyperparameters, the saved moments
+            group.update(h)
+        with warnings.catch_warnings():  # the schedule resumes at the saved step
+            warnings.simplefilter("ignore")
+            scheduler.last_epoch = start_step - 1
+            scheduler.step()
 
     train = torch.from_numpy(np.fromfile(Path(config["data_dir"]) / "train.bin", dtype=np.uint8))
     shard = train[rank * len(train) // world: (rank + 1) * len(train) // world]
     dev = torch.from_numpy(np.fromfile(Path(config["data_dir"]) / "dev.bin", dtype=np.uint8))
     dev = dev[: int(task.get("dev_tokens", 8192)) + 1]
-    generator = torch.Generator().manual_seed(config["seed"] * 1000 + rank)
+    data_seed = config["seed"] * 1000 + rank
+    if resume and not same_run:  # other settings: a fresh stream, not the one the saved run was reading
+        data_seed += 1_000_003 * start_step
+    generator = torch.Generator().manual_seed(data_seed)
     batches = recipe.batches(shard, settings, generator)
+    if same_run:  # the same stream, from where the saved run stopped
+        for _ in range(start_micro):
+            next(batches)
 
     report_every = int(config["report_every"])
-    curve, step, train_seconds, loss_sum, loss_n = [], 0, 0.0, 0.0, 0
+    ckpt_tokens = 0 if smoke else int(config.get("checkpoint_tokens") or 0)
+    next_ckpt = start_tokens + ckpt_tokens if ckpt_tokens else None
+    curve, step, train_seconds, ckpt_seconds, loss_sum, loss_n = [], start_step, 0.0, 0.0, 0.0, 0
     t_first = time.time()
     setup_seconds = t_first - t_setup
     engine.train()
@@ -238,23 +308,34 @@ def _train(config: dict, rank: int, world: int, out_dir: Path, report) -> dict:
         value = loss.item()
         train_seconds += time.perf_counter() - t0
         if not math.isfinite(value):
-            raise RecipeError(f"training loss became {value} at micro-step {micro}")
+            raise RecipeError(f"training loss became {value} at micro-step {start_micro + micro}")
         loss_sum, loss_n = loss_sum + value, loss_n + 1
         if engine.is_gradient_accumulation_boundary():
             step += 1
             if step % report_every == 0 or step == total_steps:
                 dev_loss = _dev_loss(engine.module, dev, eval_seq)
-                tokens = (micro + 1) * tokens_per_micro
+                tokens = start_tokens + (micro + 1) * tokens_per_micro
                 point = {"step": step, "tokens": tokens, "train_loss": loss_sum / loss_n,
-                         "dev_loss": dev_loss}
+                         "dev_loss": dev_loss, "last": step == total_steps}
                 curve.append([tokens, point["train_loss"], dev_loss])
                 loss_sum, loss_n = 0.0, 0
+                if next_ckpt is not None and tokens >= next_ckpt and step < total_steps:
+                    t_ckpt = time.perf_counter()
+                    path = out_dir / "checkpoints" / f"tokens-{tokens}"
+                    _save_checkpoint(engine, path, {
+                        "tokens": tokens, "step": step, "micro": start_micro + micro + 1,
+                        "optimizer": type(optimizer).__name__, "zero_stage": stage, "world": world,
+                        "settings": settings, "variant_id": config.get("variant_id")}, rank)
+                    point["checkpoint"] = str(path)
+                    next_ckpt = tokens + ckpt_tokens
+                    ckpt_seconds += time.perf_counter() - t_ckpt
                 if not smoke:
                     report(point)
     t_last = time.time()
     summary = {"curve": curve, "train_seconds": train_seconds, "tokens_trained": micro_steps * tokens_per_micro,
                "n_params": n_params, "optimizer_steps": total_steps, "setup_seconds": setup_seconds,
-               "first_step_at": t_first, "last_step_at": t_last, "world_size": world}
+               "first_step_at": t_first, "last_step_at": t_last, "world_size": world,
+               "checkpoint_seconds": ckpt_seconds, "resumed_at_tokens": start_tokens if resume else None}
     if rank == 0 and not smoke:
         engine.module.save_pretrained(out_dir / "model", safe_serialization=True)
         tmp = out_dir / "summary.json.tmp"

@@ -104,6 +104,7 @@ def prepare_run(spec: Spec, run_dir: Path) -> tuple[dict, dict]:
         "task": spec.task,
         "sealed": sealed, "metric": spec.objective.metric, "seed": spec.seed,
         "train_tokens": spec.budget.train_tokens, "report_every": spec.trial.report_every,
+        "checkpoint_tokens": spec.trial.checkpoint_tokens,
         "train_storage": str(run_dir / "train"),
         # the search's slot board: a named actor, unique to the run directory
         "slots": f"evolve-slots-{hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:12]}",

@@ -127,11 +127,36 @@ class _EvaluationWhenReady:
         return self.metrics, self.error
 
 
-def trainable(config: dict) -> None:
-    """The Tune function trainable: reports the curve, then the final result."""
+def report_point(point: dict, end_time: bool = True) -> None:
+    """Forwards a curve point to Tune, with the checkpoint the harness saved there if any.
+
+    `end_time=False` leaves the tokens out of a trial's last point, so that a
+    scheduler like PBT makes no decision where there is nothing to continue.
+    """
     from ray import tune
 
-    result = train_variant(config, on_report=tune.report)
+    path = point.pop("checkpoint", None)
+    if point.pop("last", False) and not end_time:
+        point.pop("tokens", None)
+    if path is None:
+        tune.report(point)
+        return
+    tune.report(point, checkpoint=tune.Checkpoint.from_directory(path))  # copied into the run's storage
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def trainable(config: dict) -> None:
+    """The Tune function trainable: reports the curve, then the final result.
+
+    A trial Tune restores (after a failure, or on resume) continues from
+    its latest checkpoint when it has one.
+    """
+    from ray import tune
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        config = {**config, "resume_from": checkpoint.path}  # the run's storage is this file system
+    result = train_variant(config, on_report=report_point)
     last = {}
     curve = (result.get("summary") or {}).get("curve") or []
     if curve:  # a scheduler reads its metric from every result, the final one too

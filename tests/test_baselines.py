@@ -27,3 +27,22 @@ def test_sampled_values_are_written_in_place(experiment):
     settings = yaml.safe_load(out)
     assert settings["lr"] == 0.003123 and settings["deepspeed"]["zero_stage"] == 2 and settings["optimizer"] == "sgd"
     assert "# peak learning rate" in out and out.count("\n") == text.count("\n")
+
+
+def test_pbt_trains_from_checkpoints_and_records_its_trials(tmp_path):
+    import json
+
+    from evolve.analysis import load_population
+    from evolve.baselines import run_baseline
+    from tests.conftest import TINY_LM
+
+    spec = load_spec(TINY_LM, ["budget.trials=3", "budget.train_tokens=40960", "trial.report_every=5",
+                               "operator.heuristic.bounds.n_layer=[1,2]", "operator.heuristic.choices.n_embd=[32,64]"])
+    rows = run_baseline(spec, tmp_path / "run", "pbt", log=lambda line: None)
+    assert len(rows) == 3 and {r["operator"] for r in rows} == {"pbt"}
+    pop = load_population(tmp_path / "run")
+    assert len(pop) == 3 and (pop["status"] == "completed").any()
+    # each quarter of the budget the harness saved a DeepSpeed checkpoint that Tune kept for PBT
+    saved = list((tmp_path / "run" / "tune-pbt").glob("*/checkpoint_*/evolve_state.json"))
+    assert saved and all(json.loads(p.read_text())["tokens"] >= 40960 // 4 for p in saved)
+    assert not list((tmp_path / "run" / "trials").glob("*/checkpoints/*"))  # local copies removed
