@@ -61,6 +61,24 @@ class Population(pd.DataFrame):
         return None if seeds.empty else seeds.iloc[0]["variant_id"]
 
 
+def tokens_to_reach(curve, loss: float) -> float | None:
+    """Returns the tokens at the first curve point whose dev loss is at most `loss`, or None."""
+    return next((float(p[0]) for p in curve if p[2] <= loss), None)
+
+
+def efficiency_ratio(curve, seed_curve) -> float | None:
+    """Tokens `curve` needs to reach the seed's final dev loss, over the tokens the seed trained.
+
+    Both are read at the curves' own evaluation points (no interpolation),
+    so the ratio is never flattered by the spacing of the points. None when
+    the curve never reaches the seed's loss.
+    """
+    if len(seed_curve) == 0 or len(curve) == 0:
+        return None
+    reached = tokens_to_reach(curve, seed_curve[-1][2])
+    return None if reached is None else reached / float(seed_curve[-1][0])
+
+
 def _mode(run_dir: Path) -> str:
     import yaml
 

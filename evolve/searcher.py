@@ -109,6 +109,9 @@ class EvolveSearcher(Searcher):
         if vid is None or vid in self.results:
             return  # unknown, or already recorded (a repeated callback)
         outcome = json.loads(result["result_json"]) if result and "result_json" in result else None
+        summary = (outcome or {}).get("summary") or {}
+        if summary.get("resumed_at_tokens") is not None:  # restored from a checkpoint: the curve before it too
+            summary["curve"] = [p for p in curve if p[0] <= summary["resumed_at_tokens"]] + summary["curve"]
         if outcome is None and not error and result and "dev_loss" in result:
             point = [result["tokens"], result["train_loss"], result["dev_loss"]]
             if not curve or curve[-1] != point:

@@ -45,3 +45,15 @@ def test_migrations_ring_of_bests():
 
 def test_island_round_robin():
     assert [pop.island_for(i, 3) for i in range(5)] == [0, 1, 2, 0, 1]
+
+
+def test_efficiency_ratio_reads_the_curves_own_points():
+    from evolve.analysis import efficiency_ratio, tokens_to_reach
+
+    seed = [[100, 5.0, 4.0], [200, 4.0, 3.0], [400, 3.5, 2.5]]
+    fast = [[50, 5.0, 3.0], [150, 4.0, 2.6], [250, 3.0, 2.5], [400, 2.8, 2.2]]
+    assert tokens_to_reach(fast, 2.5) == 250.0
+    assert efficiency_ratio(fast, seed) == 250 / 400
+    assert efficiency_ratio(seed, seed) == 1.0
+    assert efficiency_ratio([[400, 5.0, 2.6]], seed) is None  # never reaches the seed's loss
+    assert efficiency_ratio([], seed) is None and efficiency_ratio(fast, []) is None

@@ -82,3 +82,17 @@ def test_best_and_island_members_follow_the_results(experiment, tmp_path):
     assert s.best_id() == min(completed, key=completed.get)
     for island, ids in enumerate(s.islands):  # each island's pool is exactly its scored members
         assert sorted(v for v, _ in s._members(island)) == sorted(v for v in ids if v in completed)
+
+
+def test_a_trial_restored_from_a_checkpoint_keeps_its_whole_curve(experiment, tmp_path):
+    s, _ = make(experiment, tmp_path)
+    cfg = s.suggest("t0")
+    for tokens, dev in ((1024, 4.0), (2048, 3.5), (3072, 3.2)):  # the first run reached 3072, then died
+        s.on_trial_result("t0", {"tokens": tokens, "train_loss": dev + 0.1, "dev_loss": dev})
+    for tokens, dev in ((3072, 3.2), (4096, 3.0)):  # restored from the checkpoint at 2048
+        s.on_trial_result("t0", {"tokens": tokens, "train_loss": dev + 0.1, "dev_loss": dev})
+    outcome = {"status": "completed", "fitness": 2.9, "summary": {
+        "curve": [[3072, 3.3, 3.2], [4096, 3.1, 3.0]], "resumed_at_tokens": 2048, "tokens_trained": 2048}}
+    s.on_trial_complete("t0", {"result_json": json.dumps(outcome)})
+    row = load_population(tmp_path / "run").set_index("variant_id").loc[cfg["variant_id"]]
+    assert [p[0] for p in row["curve"]] == [1024, 2048, 3072, 4096]
