@@ -62,6 +62,8 @@ def main() -> None:
             else:
                 run_baseline(spec, run_dir, method, log=lambda line: None)
             best, n, done = best_of(run_dir)
+            if n < args.trials:  # an interrupted run is not a figure
+                sys.exit(f"seed {seed} {method}: only {n} of {args.trials} trials recorded; stopping")
             results[method].append({"seed": seed, "best": best, "trials": n, "completed": done,
                                     "wall_s": time.time() - t0})
             print(f"seed {seed} {method:<7} best held-out loss {best:.4f} "
