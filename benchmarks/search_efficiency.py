@@ -30,10 +30,12 @@ from evolve.runner import run_search  # noqa: E402
 METHODS = ("evolve", "random", "tpe", "pbt")
 
 
-def best_of(run_dir: Path) -> tuple[float, int, int]:
+def best_of(run_dir: Path) -> tuple[float, int, int, int]:
+    """Returns the best held-out loss, trials recorded, completed, and trials PBT restored."""
     pop = load_population(run_dir)
     done = pop[pop["status"] == "completed"]
-    return float(done["fitness"].min()), len(pop), len(done)
+    restored = sum(1 for r in pop["record"] if "restored_at_tokens" in r)
+    return float(done["fitness"].min()), len(pop), len(done), restored
 
 
 def main() -> None:
@@ -61,13 +63,14 @@ def main() -> None:
                 run_search(spec, run_dir, log=lambda line: None, verbose=0)
             else:
                 run_baseline(spec, run_dir, method, log=lambda line: None)
-            best, n, done = best_of(run_dir)
+            best, n, done, restored = best_of(run_dir)
             if n < args.trials:  # an interrupted run is not a figure
                 sys.exit(f"seed {seed} {method}: only {n} of {args.trials} trials recorded; stopping")
             results[method].append({"seed": seed, "best": best, "trials": n, "completed": done,
-                                    "wall_s": time.time() - t0})
-            print(f"seed {seed} {method:<7} best held-out loss {best:.4f} "
-                  f"({done}/{n} completed, {time.time() - t0:.0f} s)", flush=True)
+                                    "restored": restored, "wall_s": time.time() - t0})
+            print(f"seed {seed} {method:<7} best held-out loss {best:.4f} ({done}/{n} completed"
+                  + (f", {restored} continued from another trial's checkpoint" if method == "pbt" else "")
+                  + f", {time.time() - t0:.0f} s)", flush=True)
             if out:
                 out.write_text(json.dumps({**kept, **results}, indent=1))
     table = {**kept, **results}

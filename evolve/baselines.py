@@ -106,20 +106,42 @@ def baseline_trainable(config: dict, ctx: dict) -> None:
 
 
 PBT_INTERVALS = 4  # perturbation points per trial budget
+PBT_REPORT_EVERY = 5  # optimizer steps between curve points under PBT, at most
 
 
 def pbt_scheduler(spec: Spec, space: dict):
     """Returns Ray Tune's PBT on the dev loss by tokens, perturbing every key but `PBT_FIXED`."""
+    import functools
     import random
 
     from ray.tune.schedulers import PopulationBasedTraining
+    from ray.tune.search.sample import Categorical, Integer
 
+    mutations, limits = {}, {}
+    for key, domain in space.items():
+        if key in PBT_FIXED:
+            continue
+        if isinstance(domain, Categorical):  # PBT shifts a list's index; it would multiply a domain's value
+            mutations[key] = list(domain.categories)
+        else:
+            mutations[key] = domain
+            integer = isinstance(domain, Integer)
+            limits[key] = (domain.lower, domain.upper - 1 if integer else domain.upper, integer)
     random.seed(spec.seed)  # PBT draws its perturbations from the random module
     return PopulationBasedTraining(
         time_attr="tokens", metric="dev_loss", mode="min", require_attrs=False,
         perturbation_interval=spec.budget.train_tokens // PBT_INTERVALS,
-        hyperparam_mutations={k: v for k, v in space.items() if k not in PBT_FIXED},
-        quantile_fraction=0.25, resample_probability=0.25)
+        hyperparam_mutations=mutations, quantile_fraction=0.25, resample_probability=0.25,
+        custom_explore_fn=functools.partial(within_limits, limits=limits))
+
+
+def within_limits(config: dict, limits: dict) -> dict:
+    """PBT multiplies numbers by 0.8 or 1.2: keeps each inside its bounds, integers whole."""
+    for key, (lo, hi, integer) in limits.items():
+        if key in config:
+            value = min(max(config[key], lo), hi)
+            config[key] = int(round(value)) if integer else value
+    return config
 
 
 def run_baseline(spec: Spec, run_dir: str | os.PathLike, method: str, log=print) -> list[dict]:
@@ -158,7 +180,9 @@ def run_baseline(spec: Spec, run_dir: str | os.PathLike, method: str, log=print)
     if method == "pbt":
         scheduler = pbt_scheduler(spec, space)
         interval = spec.budget.train_tokens // PBT_INTERVALS
-        context = {**context, "checkpoint_tokens": interval}
+        # PBT compares trials at its intervals: every trial needs curve points well within one
+        context = {**context, "checkpoint_tokens": interval,
+                   "report_every": min(context["report_every"], PBT_REPORT_EVERY)}
         checkpoints = tune.CheckpointConfig(num_to_keep=PBT_INTERVALS)  # a donor's may be any of them
     init_ray(spec, num_cpus=os.cpu_count())
     slots = SlotPool(spec.budget.concurrent, context["resources"], context["train_storage"], context["slots"], log=log)
@@ -187,9 +211,11 @@ def run_baseline(spec: Spec, run_dir: str | os.PathLike, method: str, log=print)
         outcome = json.loads(r.metrics["result_json"])
         files = {**seed_files, settings_file: settings_text(seed_files[settings_file].decode(),
                                                             outcome["values"]).encode()}
-        v = Variant(files=store.put_files(files), parents=(seed.id,), operator=method,
-                    record={"kind": method, "values": outcome["values"],
-                            "rationale": f"{method} sample"})
+        record = {"kind": method, "values": outcome["values"], "rationale": f"{method} sample"}
+        restored = (outcome.get("summary") or {}).get("resumed_at_tokens")
+        if restored is not None:  # PBT: the trial continued from a checkpoint with these values
+            record.update(rationale="pbt: continued from a checkpoint, perturbed", restored_at_tokens=restored)
+        v = Variant(files=store.put_files(files), parents=(seed.id,), operator=method, record=record)
         store.put_variant(v)
         row = result_row(v, r.metrics.get("trial_id", ""), outcome)
         store.append_result(row)

@@ -1,10 +1,11 @@
-"""The `evolve` command: run, status, show, checkout."""
+"""The `evolve` command: run, resume, status, show, checkout."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -53,9 +54,26 @@ def cmd_run(args) -> int:
     from evolve.runner import run_search
 
     spec = load_spec(args.experiment, args.overrides)
-    run_dir = args.run_dir or str(Path("runs") / spec.name)
+    args.resumable = run_dir = str(Path(args.run_dir or Path("runs") / spec.name).resolve())
     run_search(spec, run_dir)
-    print("\n".join(summary_lines(run_dir)))
+    return _finish(run_dir, spec.budget.trials)
+
+
+def cmd_resume(args) -> int:
+    from evolve.config import load_run_spec
+    from evolve.runner import resume_search
+
+    args.resumable = run_dir = str(Path(args.run_dir).resolve())
+    resume_search(run_dir)
+    return _finish(run_dir, load_run_spec(run_dir).budget.trials)
+
+
+def _finish(run_dir: str, trials: int) -> int:
+    pop = _population(run_dir)
+    print("\n".join(summary_lines(run_dir, pop)))
+    if len(pop) < trials:  # Ctrl-C (Tune stops its trials and saves its state), or the operator ran dry
+        print(f"evolve: the search stopped at {len(pop)} of {trials} variants; continue it with: "
+              f"evolve resume {shlex.quote(run_dir)}")
     return 0
 
 
@@ -168,6 +186,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("overrides", nargs="*", help="key=value spec overrides, e.g. budget.trials=4")
     r.add_argument("--run-dir", help="where the run is kept (default runs/<name>)")
     r.set_defaults(func=cmd_run)
+    rs = sub.add_parser("resume", help="continue an interrupted search from its run folder")
+    rs.add_argument("run_dir", help="the run folder of the search")
+    rs.set_defaults(func=cmd_resume)
     s = sub.add_parser("status", help="population so far: best, counts, cost")
     s.add_argument("run_dir", type=_existing_run)
     s.set_defaults(func=cmd_status)
@@ -195,7 +216,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"evolve: error: {msg}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("evolve: interrupted", file=sys.stderr)
+        resumable = getattr(args, "resumable", None)
+        hint = f"; continue it with: evolve resume {shlex.quote(resumable)}" if resumable else ""
+        print(f"evolve: interrupted{hint}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()

@@ -115,6 +115,8 @@ class Trial:
     report_every: int = 10  # optimizer steps between learning-curve points
     # a DeepSpeed checkpoint at the first curve point this many tokens after the last (0: none)
     checkpoint_tokens: int = 0
+    # times a trial is retried (from its checkpoint) when a rank's process or worker is lost
+    max_failures: int = 2
 
 
 @dataclass(frozen=True)
@@ -288,6 +290,8 @@ def _check(spec: Spec) -> None:
         raise SpecError(f"trial.gpus_per_worker: must be 0 or more, got {t.gpus_per_worker!r}")
     if t.report_every < 1:
         raise SpecError(f"trial.report_every: must be at least 1, got {t.report_every!r}")
+    if t.max_failures < 0:
+        raise SpecError(f"trial.max_failures: must be 0 or more, got {t.max_failures!r}")
     if t.checkpoint_tokens < 0:
         raise SpecError(f"trial.checkpoint_tokens: must be 0 (none) or more, got {t.checkpoint_tokens!r}")
 
@@ -386,3 +390,21 @@ def load_spec(experiment: str | os.PathLike, overrides: list[str] = ()) -> Spec:
         raise SpecError(f"experiment: {str(path)!r} is not valid YAML: {first}") from e
     raw = apply_overrides(raw, list(overrides))
     return build_spec(raw, path.parent, path.parent.name)
+
+
+def load_run_spec(run_dir: str | os.PathLike) -> Spec:
+    """Loads the spec a search saved in its run folder (`spec.yaml`), for resuming it."""
+    path = Path(run_dir) / "spec.yaml"
+    if not path.is_file():
+        raise SpecError(f"run: {str(path)!r} not found (not a run folder, or one whose search never started)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise SpecError(f"run: {str(path)!r} is corrupt: {first}") from e
+    if not isinstance(raw, dict) or not isinstance(raw.get("root"), str) or not isinstance(raw.get("name"), str):
+        raise SpecError(f"run: {str(path)!r} is corrupt: expected a mapping with root and name")
+    root, name = Path(raw.pop("root")), raw.pop("name")
+    if not root.is_dir():
+        raise SpecError(f"run: the experiment folder {str(root)!r} that {str(path)!r} names is gone")
+    return build_spec(raw, root, name)

@@ -21,6 +21,7 @@ from evolve import zygote
 from evolve.config import Spec, SpecError, model_entries
 from evolve.evaluation import load_module
 from evolve.governance import hash_files, sealed_paths
+from evolve.ops import load_cpu_comm_op
 from evolve.store import Store, atomic_write
 
 # Ray Train's controller polls its workers this often (seconds); its default
@@ -56,18 +57,6 @@ def seal(spec: Spec, run_dir: Path) -> dict[str, str]:
     return hashes
 
 
-def build_deepspeed_ops() -> None:
-    """Compiles DeepSpeed's CPU communication op once, before trials race to."""
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    from deepspeed.accelerator import get_accelerator
-
-    if get_accelerator().device_name() != "cpu":
-        return
-    from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder
-
-    ShareMemCommBuilder().load(verbose=False)
-
-
 def worker_env(spec: Spec) -> dict[str, str]:
     """Returns the environment every Ray worker of the search gets."""
     env = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": HEALTH_CHECK_INTERVAL_S,
@@ -98,7 +87,7 @@ def prepare_run(spec: Spec, run_dir: Path) -> tuple[dict, dict]:
     meta = prepare_data(spec, run_dir)
     sealed = seal(spec, run_dir)
     if spec.trial.gpus_per_worker == 0:
-        build_deepspeed_ops()
+        load_cpu_comm_op()  # built once here, before trials race to
     context = {
         "experiment_root": str(spec.root), "run_dir": str(run_dir), "data_dir": str(run_dir / "data"),
         "task": spec.task,
@@ -154,13 +143,13 @@ def run_search(spec: Spec, run_dir: str | os.PathLike, log=print, verbose: int =
     from ray import tune
 
     from evolve.searcher import EvolveSearcher
-    from evolve.slots import SlotPool
     from evolve.trial import TRIAL_RESOURCES, trainable
 
     run_dir = Path(run_dir).resolve()
     hold_api_keys(spec)  # before Ray and the zygote start: they never inherit a key
-    if any((run_dir / "population").glob("*.parquet")):
-        raise SpecError(f"--run-dir: {str(run_dir)!r} already holds a search; choose another folder")
+    if any((run_dir / "population").glob("*.parquet")) or (run_dir / "tune" / "tuner.pkl").exists():
+        raise SpecError(f"--run-dir: {str(run_dir)!r} already holds a search; "
+                        f"choose another folder, or continue it with: evolve resume {run_dir}")
     meta, context = prepare_run(spec, run_dir)
     store = Store(run_dir)
     log(f"evolve: {spec.name}: {spec.budget.trials} trials, {spec.budget.concurrent} at once, "
@@ -170,26 +159,77 @@ def run_search(spec: Spec, run_dir: str | os.PathLike, log=print, verbose: int =
     # The searcher comes after Ray (its smoke runs are Ray tasks) and before
     # the zygote: an LLM operator starts writing while the zygote warms up.
     searcher = EvolveSearcher(spec, store, context, scaffold_files(spec), log=log)
+
+    def make_tuner():
+        return tune.Tuner(
+            tune.with_resources(trainable, TRIAL_RESOURCES),
+            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=spec.budget.trials,
+                                        max_concurrent_trials=spec.budget.concurrent, reuse_actors=True,
+                                        scheduler=make_scheduler(spec)),
+            run_config=tune.RunConfig(name="tune", storage_path=str(run_dir), verbose=verbose,
+                                      failure_config=tune.FailureConfig(max_failures=spec.trial.max_failures)),
+        )
+
+    try:
+        _fit(spec, context, make_tuner, log)
+    finally:
+        searcher.close()
+    if searcher.llm is not None:
+        log("evolve: " + searcher.llm.summary())
+    return searcher
+
+
+def resume_search(run_dir: str | os.PathLike, log=print, verbose: int = 1) -> None:
+    """Continues an interrupted search from its run folder.
+
+    Ray Tune restores its experiment state and the searcher's (population,
+    islands, random state) as of its last snapshot; the searcher then takes
+    in every result the store recorded after that snapshot. Trials that
+    were running continue from their latest checkpoint, or start again
+    without one; a trial whose variant the store already holds reports that
+    and ends without training.
+    """
+    from ray import tune
+
+    from evolve.config import load_run_spec
+    from evolve.trial import TRIAL_RESOURCES, trainable
+
+    run_dir = Path(run_dir).resolve()
+    spec = load_run_spec(run_dir)
+    tune_dir = run_dir / "tune"
+    if not (tune_dir / "tuner.pkl").is_file():
+        raise SpecError(f"run: {str(tune_dir / 'tuner.pkl')!r} not found: Ray Tune never saved this "
+                        f"search's state; start it again with evolve run")
+    hold_api_keys(spec)
+    meta, context = prepare_run(spec, run_dir)
+    n = sum(1 for _ in (run_dir / "population").glob("*.parquet"))
+    log(f"evolve: resuming {spec.name} in {run_dir}: {n} of {spec.budget.trials} variants recorded")
+    init_ray(spec, num_cpus=os.cpu_count())
+
+    def make_tuner():
+        try:
+            return tune.Tuner.restore(str(tune_dir), trainable=tune.with_resources(trainable, TRIAL_RESOURCES),
+                                      resume_unfinished=True, resume_errored=True)
+        except Exception as e:  # a truncated or corrupt state file
+            raise SpecError(f"run: Ray Tune's state in {str(tune_dir)!r} cannot be restored: "
+                            f"{' '.join(str(e).split())[:300]}") from None
+
+    _fit(spec, context, make_tuner, log)
+
+
+def _fit(spec: Spec, context: dict, make_tuner, log) -> None:
+    """Starts the slots and the zygote, runs Tune to the end, and stops them again."""
+    from evolve.slots import SlotPool
+
     zygote_pid, slots = None, None
     try:
         # The slots' worker groups start once and then train trial after trial.
         slots = SlotPool(spec.budget.concurrent, context["resources"], context["train_storage"],
                          context["slots"], log=log)
         zygote_pid = zygote.ping(zygote.ensure())  # warm before the first trial, not inside it
-        tuner = tune.Tuner(
-            tune.with_resources(trainable, TRIAL_RESOURCES),
-            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=spec.budget.trials,
-                                        max_concurrent_trials=spec.budget.concurrent, reuse_actors=True,
-                                        scheduler=make_scheduler(spec)),
-            run_config=tune.RunConfig(name="tune", storage_path=str(run_dir), verbose=verbose),
-        )
-        tuner.fit()
+        make_tuner().fit()
     finally:
-        searcher.close()
         if slots is not None:
             slots.close()
         if zygote_pid is not None and zygote.ping() == zygote_pid:  # ours, not another search's
             zygote.shutdown()
-    if searcher.llm is not None:
-        log("evolve: " + searcher.llm.summary())
-    return searcher

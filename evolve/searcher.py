@@ -123,7 +123,8 @@ class EvolveSearcher(Searcher):
                        "summary": {"curve": curve, "tokens_trained": curve[-1][0]}}
         if error or outcome is None:
             outcome = {"status": "failed", "fitness": None,
-                       "failure_reason": "the trial process errored before reporting (see Tune's error.txt)"}
+                       "failure_reason": f"the trial errored before reporting, {self.spec.trial.max_failures} "
+                                         f"retries included (see its error.txt under tune/)"}
         self._record(vid, trial_id, outcome)
 
     def close(self) -> None:
@@ -145,6 +146,9 @@ class EvolveSearcher(Searcher):
         self.rng.setstate(rng_state)
         if self.llm is not None:
             self.llm.log = self.log
+        absorbed = self.absorb_recorded()  # the store is the record; Tune's snapshot may be older
+        if absorbed:
+            self.log(f"evolve: resume: {absorbed} result(s) recorded after Tune's last snapshot taken from the store")
 
     def __getstate__(self):  # Tuner pickles the searcher; the log callable may not pickle
         state = dict(self.__dict__)
@@ -216,9 +220,16 @@ class EvolveSearcher(Searcher):
 
     def _record(self, vid: str, trial_id: str, outcome: dict) -> None:
         row = result_row(self.variants[vid], trial_id, outcome)
-        curve, fitness = row["curve"], row["fitness"]
         self.store.append_result(row)  # durable before the searcher counts it
-        self.results[vid] = {"status": outcome["status"], "fitness": fitness, "curve": curve,
+        self._count(vid, row)
+        self.log(self._result_line(vid, outcome))
+        if self.llm is not None:
+            self.llm.on_result(self, vid, outcome)
+
+    def _count(self, vid: str, row: dict) -> None:
+        """Takes a recorded result into the searcher's state (scores, best, islands, migration)."""
+        curve, fitness = row["curve"], row["fitness"]
+        self.results[vid] = {"status": row["status"], "fitness": fitness, "curve": curve,
                              "metrics": row["metrics"]}
         score = pop.score(fitness, self.spec.objective.mode)
         if math.isfinite(score):
@@ -230,9 +241,31 @@ class EvolveSearcher(Searcher):
                     self.island_scored[i].append((vid, score))
         self.n_recorded += 1
         self._migrate_if_due()
-        self.log(self._result_line(vid, outcome))
-        if self.llm is not None:
-            self.llm.on_result(self, vid, outcome)
+
+    def absorb_recorded(self) -> int:
+        """Counts the results the store holds that this state has not (recorded after its snapshot).
+
+        Returns how many. A variant suggested after the snapshot counts as
+        suggested, and a trial still live for a recorded variant is dropped,
+        so no finished variant is trained again and none is counted twice.
+        """
+        new = 0
+        for row in self.store.read_results().to_pylist():
+            vid = row["variant_id"]
+            if vid in self.results:
+                continue
+            for key in ("record", "metrics", "curve"):
+                if isinstance(row[key], str):
+                    row[key] = json.loads(row[key])
+            if vid not in self.variants:  # suggested after the snapshot
+                self._admit(self.store.get_variant(vid))
+                self.n_suggested += 1
+            self._count(vid, row)
+            for trial_id in [t for t, v in self.live.items() if v == vid]:
+                del self.live[trial_id]
+                self.curves.pop(trial_id, None)
+            new += 1
+        return new
 
     def _migrate_if_due(self) -> None:
         if self.n_recorded % self.spec.selection.migrate_every:

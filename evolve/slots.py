@@ -34,6 +34,9 @@ from pathlib import Path
 import ray
 
 TAKE_POLL_S = 5.0  # relays' long-poll for a job
+# A rank's reason starts with this when its process or worker was lost rather than the variant
+# failing: the trial is retried from its checkpoint (Tune's failure_config), not recorded as failed.
+LOST = "lost: "
 LEASE_S = 60.0  # a busy slot whose trial has not polled for this long is taken back
 
 
@@ -72,7 +75,7 @@ class SlotBoard:
         s.update(alive=False, reason=reason)
         if s["job"] is not None:
             for rank in range(s["job"]["world"]):
-                s["finished"].setdefault(rank, f"the training worker group stopped: {reason}")
+                s["finished"].setdefault(rank, f"{LOST}the training worker group stopped: {reason}")
         await self._notify()
 
     async def shutdown(self) -> None:
@@ -230,6 +233,8 @@ def _run_rank(board, slot: int, job: dict, rank: int, world: int, local_rank: in
         finally:
             cancel.set()  # ends the watcher
         return None
+    except zygote.ChildLost as e:
+        return LOST + str(e)
     except zygote.ChildFailed as e:
         return str(e)
     except Exception as e:

@@ -153,6 +153,10 @@ class Store:
         atomic_write(path, sink.getvalue().to_pybytes())
         return path
 
+    def has_result(self, vid: str) -> bool:
+        """Whether a result of variant `vid` is recorded."""
+        return any(self.population.glob(f"*-{vid}.parquet"))
+
     def read_results(self) -> pa.Table:
         """Returns every result row, oldest first."""
         parts = sorted(self.population.glob("*.parquet"))

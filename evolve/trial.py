@@ -20,12 +20,17 @@ from pathlib import Path
 
 from evolve import zygote
 from evolve.harness import one_line
+from evolve.slots import LOST
 
 # Resources of the trial's own process: no CPU, so that a 1-CPU worker per
 # trial fits on every core. Ray refuses {"CPU": 0} alone; a token amount of
 # memory makes the request valid without holding anything back.
 TRIAL_RESOURCES = {"CPU": 0, "memory": 1024 * 1024}
 SLOT_WAIT_S = 5.0  # long-poll on the slot board
+
+
+class TrialLost(RuntimeError):
+    """A rank's process or worker was lost (killed, crashed, its node gone): Tune retries the trial."""
 
 
 def train_variant(config: dict, on_report=None) -> dict:
@@ -54,6 +59,9 @@ def train_variant(config: dict, on_report=None) -> dict:
             result["summary"] = json.loads((out_dir / "summary.json").read_text())
         except (OSError, ValueError) as e:
             errors = {0: f"rank 0 ended without a readable summary.json: {one_line(e)}"}
+    if errors and next(iter(errors.values())).startswith(LOST):  # not the variant's doing
+        evaluation.wait(trained=False)
+        raise TrialLost(next(iter(errors.values()))[len(LOST):])
     if errors:  # the variant failed in training: record why (the first rank to fail), keep searching
         result["failure_reason"] = next(iter(errors.values()))
     metrics, error = evaluation.wait(trained=bool(result["summary"]))
@@ -153,6 +161,11 @@ def trainable(config: dict) -> None:
     """
     from ray import tune
 
+    from evolve.store import Store
+
+    if Store(config["run_dir"]).has_result(config["variant_id"]):  # finished after Tune's last snapshot
+        tune.report({"done": True, "recorded_before": True})
+        return
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         config = {**config, "resume_from": checkpoint.path}  # the run's storage is this file system

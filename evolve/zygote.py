@@ -39,7 +39,7 @@ from pathlib import Path
 PRELOAD = ("numpy", "yaml", "torch", "torch.distributed", "transformers",
            "transformers.models.gpt2.modeling_gpt2", "deepspeed")
 IDLE_EXIT_S = 600.0  # a zygote with no request and no child for this long exits
-START_TIMEOUT_S = 180.0  # the first start imports everything (longer on a loaded node)
+START_TIMEOUT_S = 420.0  # the first start imports everything and may build the CPU op (minutes on a loaded node)
 
 
 @functools.lru_cache(maxsize=1)
@@ -64,6 +64,10 @@ def serve(path: Path) -> None:
     for name in PRELOAD:
         importlib.import_module(name)
     import evolve.harness  # noqa: F401  (the children run it)
+    from evolve.ops import load_cpu_comm_op
+
+    if os.environ.get("DS_ACCELERATOR") == "cpu":
+        load_cpu_comm_op()  # the children inherit it loaded, and never wait on torch's build lock
 
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -226,6 +230,10 @@ class ChildFailed(RuntimeError):
     """The forked training process failed; the message is its one-line reason."""
 
 
+class ChildLost(ChildFailed):
+    """The forked process ended without a result or an error: killed from outside, or crashed."""
+
+
 POLL_S = 0.2  # how often a waiting call looks at its time-out and its cancel event
 
 
@@ -284,7 +292,7 @@ def call(fn: str, kwargs: dict, *, env: dict | None = None, log: str | None = No
                     raise ChildFailed(msg["error"])
                 elif "result" in msg:
                     return msg["result"]
-    raise ChildFailed(f"process {pid} running {fn} ended without a result (killed or crashed)")
+    raise ChildLost(f"process {pid} running {fn} ended without a result (killed or crashed)")
 
 
 def main(argv: list[str]) -> None:

@@ -46,3 +46,17 @@ def test_pbt_trains_from_checkpoints_and_records_its_trials(tmp_path):
     saved = list((tmp_path / "run" / "tune-pbt").glob("*/checkpoint_*/evolve_state.json"))
     assert saved and all(json.loads(p.read_text())["tokens"] >= 40960 // 4 for p in saved)
     assert not list((tmp_path / "run" / "trials").glob("*/checkpoints/*"))  # local copies removed
+
+
+def test_pbt_perturbs_choices_by_list_and_keeps_numbers_in_bounds(experiment):
+    from evolve.baselines import pbt_scheduler, within_limits
+
+    spec = load_spec(experiment)
+    space = search_space(spec, (experiment / "scaffold" / "config.yaml").read_text())
+    pbt = pbt_scheduler(spec, space)
+    assert pbt._hyperparam_mutations["schedule"] == ["cosine", "linear", "constant"]
+    assert "n_layer" not in pbt._hyperparam_mutations and "seq_len" not in pbt._hyperparam_mutations
+    limits = {"batch_size": (4, 64, True), "warmup_frac": (0.0, 0.5, False)}
+    out = within_limits({"batch_size": 76.8, "warmup_frac": 0.6, "lr": 2.0}, limits)
+    assert out == {"batch_size": 64, "warmup_frac": 0.5, "lr": 2.0}
+    assert within_limits({"batch_size": 27.6}, limits) == {"batch_size": 28}

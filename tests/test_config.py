@@ -124,7 +124,7 @@ def test_run_refuses_a_run_dir_that_holds_a_search(experiment, tmp_path, capsys)
     (run_dir / "population" / "0-abc.parquet").write_bytes(b"x")
     assert cli.main(["run", str(experiment), "--run-dir", str(run_dir)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == f"evolve: error: --run-dir: {str(run_dir.resolve())!r} already holds a search; choose another folder"
+    assert err == f"evolve: error: --run-dir: {str(run_dir.resolve())!r} already holds a search; choose another folder, or continue it with: evolve resume {run_dir.resolve()}"
     assert (run_dir / "population" / "0-abc.parquet").read_bytes() == b"x"  # nothing recorded is lost
 
 

@@ -96,3 +96,25 @@ def test_a_trial_restored_from_a_checkpoint_keeps_its_whole_curve(experiment, tm
     s.on_trial_complete("t0", {"result_json": json.dumps(outcome)})
     row = load_population(tmp_path / "run").set_index("variant_id").loc[cfg["variant_id"]]
     assert [p[0] for p in row["curve"]] == [1024, 2048, 3072, 4096]
+
+
+def test_restore_takes_in_results_recorded_after_the_snapshot_once(experiment, tmp_path):
+    s, store = make(experiment, tmp_path)
+    seed = s.suggest("t0")["variant_id"]
+    finish(s, "t0", {}, 3.5)
+    a = s.suggest("t1")["variant_id"]
+    s.save(str(tmp_path / "snapshot.pkl"))  # Tune's last snapshot: t1 is training
+    b = s.suggest("t2")["variant_id"]  # Tune's state never saw t2
+    s.suggest("t3")  # still training when the driver dies: trained again after the resume
+    finish(s, "t1", {}, 3.0)
+    finish(s, "t2", {}, 2.5)
+    r, _ = make(experiment, tmp_path)
+    r.restore(str(tmp_path / "snapshot.pkl"))
+    assert set(r.results) == {seed, a, b} and r.n_suggested == 3 and r.best_id() == b
+    assert b in r.variants and b in r.on_island[r.variants[b].island]
+    assert "t1" not in r.live  # Tune runs t1 again: its trial reports it is recorded, the searcher skips it
+    finish(r, "t1", {}, 3.0)
+    pop = load_population(tmp_path / "run")
+    assert sorted(pop["variant_id"]) == sorted([seed, a, b])
+    r.restore(str(tmp_path / "snapshot.pkl"))  # restoring again changes nothing
+    assert r.n_suggested == 3 and len(r.results) == 3

@@ -81,7 +81,7 @@ def test_a_dead_worker_group_fails_its_job_and_shutdown_ends_relays(board):
     g(board.finish.remote(slot, "j5", 0, None))
     g(board.slot_down.remote(slot, "ActorDiedError: worker 1"))
     st = g(board.wait.remote(slot, "j5", 0, 1.0))
-    assert st["done"] and st["errors"] == {1: "the training worker group stopped: ActorDiedError: worker 1"}
+    assert st["done"] and st["errors"] == {1: "lost: the training worker group stopped: ActorDiedError: worker 1"}
     g(board.release.remote(slot))
     other = 1 - slot
     assert g(board.acquire.remote(0.5)) == other  # a slot that is down is never handed out

@@ -1,0 +1,147 @@
+"""Resume: a search whose driver is killed continues from its run folder, losing and repeating nothing."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from evolve.analysis import load_population
+from evolve.config import SpecError, load_run_spec
+
+BUDGET = 163_840
+CKPT = 20_480
+
+
+def recorded(run):
+    return {p.name.split("-", 1)[1][:-len(".parquet")]: p.stat().st_mtime_ns
+            for p in (run / "population").glob("*.parquet")}
+
+
+def checkpointed_but_running(run):
+    """Variants with a checkpoint in Tune's storage that are not recorded yet."""
+    done = set(recorded(run))
+    out = set()
+    for state in run.glob("tune/*/checkpoint_*/evolve_state.json"):
+        vid = json.loads(state.read_text())["variant_id"]
+        if vid not in done:
+            out.add(vid)
+    return out
+
+
+def evolve(*args, **kw):
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+    return subprocess.Popen([sys.executable, "-m", "evolve.cli", *args], env=env, start_new_session=True,
+                            stdout=kw["log"], stderr=subprocess.STDOUT)
+
+
+def kill_group(p):
+    """SIGKILL to the driver, then to what it started in its session (a crashed head node)."""
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def start_search(experiment, tmp_path, trials):
+    """Starts `evolve run` with checkpoints; returns (run folder, log file, process)."""
+    run = tmp_path / "run"
+    log = open(tmp_path / "run.log", "wb")
+    return run, log, evolve("run", str(experiment), f"budget.trials={trials}", f"budget.train_tokens={BUDGET}",
+                            "trial.report_every=10", f"trial.checkpoint_tokens={CKPT}", "--run-dir", str(run),
+                            log=log)
+
+
+def test_a_driver_killed_while_trials_train_resumes_without_loss_or_repeats(experiment, tmp_path):
+    run, log, p = start_search(experiment, tmp_path, 5)
+    try:
+        deadline = time.time() + 900
+        while time.time() < deadline and p.poll() is None:
+            if len(recorded(run)) >= 1 and checkpointed_but_running(run):
+                break
+            time.sleep(0.5)
+        assert p.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
+        time.sleep(3)  # a Tune snapshot that knows the checkpoint (taken every second here)
+        running = checkpointed_but_running(run)
+    finally:
+        kill_group(p)
+    before = recorded(run)
+    assert 1 <= len(before) < 5 and running
+
+    q = evolve("resume", str(run), log=log)
+    try:
+        assert q.wait(timeout=900) == 0, (tmp_path / "run.log").read_text()[-3000:]
+    finally:
+        kill_group(q)
+    after = recorded(run)
+    pop = load_population(run)
+    assert len(pop) == 5 and pop["variant_id"].is_unique  # none missing, none twice
+    assert {v: after[v] for v in before} == before  # what was recorded is untouched
+    assert (pop["status"] == "completed").all()
+    rows = pop.set_index("variant_id")
+    # a trial running at the kill continued from its checkpoint: it trained only the rest of its
+    # budget, and its record holds the whole curve
+    resumed = [v for v in running if v in rows.index and rows.loc[v, "tokens_trained"] <= BUDGET - CKPT]
+    assert resumed, rows.loc[list(running & set(rows.index)), ["tokens_trained"]]
+    curve = rows.loc[resumed[0], "curve"]
+    assert curve[0][0] < CKPT and curve[-1][0] >= BUDGET - 2048
+
+
+def test_resume_needs_a_run_folder_with_tune_state(tmp_path, experiment):
+    from evolve import cli
+
+    with pytest.raises(SpecError, match="spec.yaml' not found"):
+        load_run_spec(tmp_path / "nothing")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "spec.yaml").write_text("scaffold: [unclosed")
+    with pytest.raises(SpecError, match="is corrupt"):
+        load_run_spec(tmp_path / "bad")
+    assert cli.main(["resume", str(tmp_path / "bad")]) == 2
+    import yaml
+
+    from evolve.config import load_spec
+    from evolve.runner import resume_search
+
+    (tmp_path / "fresh").mkdir()
+    (tmp_path / "fresh" / "spec.yaml").write_text(yaml.safe_dump(load_spec(experiment).to_dict()))
+    with pytest.raises(SpecError, match="Ray Tune never saved this search's state"):
+        resume_search(tmp_path / "fresh")
+
+
+def rank_process(run, vid):
+    """The pid of the process training rank 0 of variant `vid` (its output goes to rank0.log)."""
+    target = str(run / "trials" / vid / "rank0.log")
+    for proc in os.listdir("/proc"):
+        if proc.isdigit():
+            try:
+                if os.readlink(f"/proc/{proc}/fd/1") == target:
+                    return int(proc)
+            except OSError:
+                continue
+    return None
+
+
+def test_a_killed_training_process_is_retried_from_its_checkpoint(experiment, tmp_path):
+    run, log, p = start_search(experiment, tmp_path, 2)
+    try:
+        deadline, victim = time.time() + 900, None
+        while time.time() < deadline and p.poll() is None and victim is None:
+            for vid in checkpointed_but_running(run):
+                pid = rank_process(run, vid)
+                if pid is not None:
+                    os.kill(pid, signal.SIGKILL)  # the rank dies mid-trial, as on a lost node
+                    victim = vid
+                    break
+            time.sleep(0.2)
+        assert victim, (tmp_path / "run.log").read_text()[-3000:]
+        assert p.wait(timeout=900) == 0, (tmp_path / "run.log").read_text()[-3000:]
+    finally:
+        kill_group(p)
+    pop = load_population(run).set_index("variant_id")
+    assert len(pop) == 2 and (pop["status"] == "completed").all()
+    assert pop.loc[victim, "tokens_trained"] <= BUDGET - CKPT  # continued from its checkpoint
