@@ -254,9 +254,7 @@ class EvolveSearcher(Searcher):
             vid = row["variant_id"]
             if vid in self.results:
                 continue
-            for key in ("record", "metrics", "curve"):
-                if isinstance(row[key], str):
-                    row[key] = json.loads(row[key])
+            row = self.store.result(vid)  # its JSON columns parsed
             if vid not in self.variants:  # suggested after the snapshot
                 self._admit(self.store.get_variant(vid))
                 self.n_suggested += 1

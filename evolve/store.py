@@ -153,9 +153,16 @@ class Store:
         atomic_write(path, sink.getvalue().to_pybytes())
         return path
 
-    def has_result(self, vid: str) -> bool:
-        """Whether a result of variant `vid` is recorded."""
-        return any(self.population.glob(f"*-{vid}.parquet"))
+    def result(self, vid: str) -> dict | None:
+        """Returns the recorded result row of variant `vid` (JSON columns parsed), or None."""
+        parts = sorted(self.population.glob(f"*-{vid}.parquet"))
+        if not parts:
+            return None
+        row = pq.read_table(parts[0], schema=RESULT_SCHEMA).to_pylist()[0]
+        for key in ("record", "metrics", "curve"):
+            if isinstance(row[key], str):
+                row[key] = json.loads(row[key])
+        return row
 
     def read_results(self) -> pa.Table:
         """Returns every result row, oldest first."""

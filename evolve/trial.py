@@ -163,8 +163,11 @@ def trainable(config: dict) -> None:
 
     from evolve.store import Store
 
-    if Store(config["run_dir"]).has_result(config["variant_id"]):  # finished after Tune's last snapshot
-        tune.report({"done": True, "recorded_before": True})
+    row = Store(config["run_dir"]).result(config["variant_id"])
+    if row is not None:  # it finished after Tune's last snapshot: nothing to train, the row stands
+        curve = row["curve"] or [[0, float("inf"), float("inf")]]
+        tune.report({"tokens": curve[-1][0], "train_loss": curve[-1][1], "dev_loss": curve[-1][2],
+                     "done": True, "recorded_before": True})
         return
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:

@@ -87,3 +87,14 @@ def test_lineage_and_depth_follow_first_parents(tmp_path):
     assert pop.depth() == 2
     assert pop.lineage("best") == [ids["a"], ids["b"], ids["c"]]
     assert pop.lineage(ids["d"][:6]) == [ids["a"], ids["d"]]
+
+
+def test_result_of_one_variant_is_read_back_parsed(tmp_path):
+    from evolve.store import Store
+
+    store = Store(tmp_path)
+    assert store.result("abc") is None
+    store.append_result({"variant_id": "abc", "status": "completed", "fitness": 2.5, "record": {"kind": "seed"},
+                         "metrics": {"heldout_loss": 2.5}, "curve": [[1024, 3.0, 2.9]]})
+    row = store.result("abc")
+    assert row["fitness"] == 2.5 and row["curve"] == [[1024, 3.0, 2.9]] and row["record"] == {"kind": "seed"}
