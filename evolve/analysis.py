@@ -93,13 +93,15 @@ def load_population(run_dir: str | Path) -> Population:
     run_dir = Path(run_dir)
     if not (run_dir / "population").is_dir():
         raise FileNotFoundError(f"{run_dir}: not a run directory (no population/ folder)")
-    df = Store(run_dir).read_results().to_pandas()
+    store = Store(run_dir)
+    df = store.read_results().to_pandas()
     df = df.drop_duplicates("variant_id", keep="last").reset_index(drop=True)
     for col in ("record", "metrics", "curve"):
         df[col] = [json.loads(x) if isinstance(x, str) else x for x in df[col]]
     out = Population(df)
     out.run_dir = run_dir
     out.mode = _mode(run_dir)
+    out.attrs["unreadable"] = store.unreadable
     return out
 
 

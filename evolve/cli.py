@@ -17,7 +17,10 @@ EXIT_BAD_INPUT = 2
 def _population(run_dir: str):
     from evolve.analysis import load_population
 
-    return load_population(run_dir)
+    pop = load_population(run_dir)
+    for line in pop.attrs.get("unreadable", []):
+        print(f"evolve: warning: {line}", file=sys.stderr)
+    return pop
 
 
 def summary_lines(run_dir: str, pop=None) -> list[str]:

@@ -189,10 +189,7 @@ def resume_search(run_dir: str | os.PathLike, log=print, verbose: int = 1) -> No
     without one; a trial whose variant the store already holds reports that
     and ends without training.
     """
-    from ray import tune
-
     from evolve.config import load_run_spec
-    from evolve.trial import TRIAL_RESOURCES, trainable
 
     run_dir = Path(run_dir).resolve()
     spec = load_run_spec(run_dir)
@@ -200,21 +197,33 @@ def resume_search(run_dir: str | os.PathLike, log=print, verbose: int = 1) -> No
     if not (tune_dir / "tuner.pkl").is_file():
         raise SpecError(f"run: {str(tune_dir / 'tuner.pkl')!r} not found: Ray Tune never saved this "
                         f"search's state; start it again with evolve run")
+    tuner = _restore_tuner(tune_dir)  # before anything starts: a corrupt state is one line
     hold_api_keys(spec)
     meta, context = prepare_run(spec, run_dir)
     n = sum(1 for _ in (run_dir / "population").glob("*.parquet"))
     log(f"evolve: resuming {spec.name} in {run_dir}: {n} of {spec.budget.trials} variants recorded")
     init_ray(spec, num_cpus=os.cpu_count())
+    _fit(spec, context, lambda: tuner, log)
 
-    def make_tuner():
+
+def _restore_tuner(tune_dir: Path):
+    """Returns Ray Tune's Tuner restored from `tune_dir`; SpecError, one line, if its state is unusable."""
+    from ray import tune
+
+    from evolve.trial import TRIAL_RESOURCES, trainable
+
+    for state in sorted(tune_dir.glob("experiment_state-*.json")):
         try:
-            return tune.Tuner.restore(str(tune_dir), trainable=tune.with_resources(trainable, TRIAL_RESOURCES),
-                                      resume_unfinished=True, resume_errored=True)
-        except Exception as e:  # a truncated or corrupt state file
-            raise SpecError(f"run: Ray Tune's state in {str(tune_dir)!r} cannot be restored: "
-                            f"{' '.join(str(e).split())[:300]}") from None
-
-    _fit(spec, context, make_tuner, log)
+            json.loads(state.read_text())
+        except (OSError, ValueError) as e:
+            raise SpecError(f"run: Ray Tune's state file {str(state)!r} is corrupt "
+                            f"({' '.join(str(e).split())[:200]}); the search cannot be resumed from it") from None
+    try:
+        return tune.Tuner.restore(str(tune_dir), trainable=tune.with_resources(trainable, TRIAL_RESOURCES),
+                                  resume_unfinished=True, resume_errored=True)
+    except Exception as e:  # a truncated or corrupt tuner.pkl
+        raise SpecError(f"run: Ray Tune's state in {str(tune_dir)!r} cannot be restored: "
+                        f"{type(e).__name__}: {' '.join(str(e).split())[:200]}") from None
 
 
 def _fit(spec: Spec, context: dict, make_tuner, log) -> None:

@@ -250,7 +250,10 @@ class EvolveSearcher(Searcher):
         so no finished variant is trained again and none is counted twice.
         """
         new = 0
-        for row in self.store.read_results().to_pylist():
+        rows = self.store.read_results().to_pylist()
+        for line in self.store.unreadable:
+            self.log(f"evolve: warning: {line}")
+        for row in rows:
             vid = row["variant_id"]
             if vid in self.results:
                 continue

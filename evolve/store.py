@@ -165,8 +165,16 @@ class Store:
         return row
 
     def read_results(self) -> pa.Table:
-        """Returns every result row, oldest first."""
-        parts = sorted(self.population.glob("*.parquet"))
-        if not parts:
-            return RESULT_SCHEMA.empty_table()
-        return pa.concat_tables([pq.read_table(p, schema=RESULT_SCHEMA) for p in parts])
+        """Returns every readable result row, oldest first.
+
+        A part that cannot be read (truncated or corrupt on disk) is left
+        out; `self.unreadable` then names it with the reason, one line each.
+        """
+        tables, self.unreadable = [], []
+        for part in sorted(self.population.glob("*.parquet")):
+            try:
+                tables.append(pq.read_table(part, schema=RESULT_SCHEMA))
+            except (OSError, pa.ArrowException) as e:
+                reason = " ".join(str(e).split())[:200]
+                self.unreadable.append(f"population/{part.name} is unreadable ({reason}); left out")
+        return pa.concat_tables(tables) if tables else RESULT_SCHEMA.empty_table()

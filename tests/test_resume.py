@@ -145,3 +145,47 @@ def test_a_killed_training_process_is_retried_from_its_checkpoint(experiment, tm
     pop = load_population(run).set_index("variant_id")
     assert len(pop) == 2 and (pop["status"] == "completed").all()
     assert pop.loc[victim, "tokens_trained"] <= BUDGET - CKPT  # continued from its checkpoint
+
+
+def test_corrupt_tune_state_is_one_line_and_changes_nothing(tmp_path, experiment):
+    import yaml
+
+    from evolve.config import load_spec
+    from evolve.runner import resume_search
+
+    run = tmp_path / "run"
+    (run / "tune").mkdir(parents=True)
+    (run / "spec.yaml").write_text(yaml.safe_dump(load_spec(experiment).to_dict()))
+    (run / "tune" / "tuner.pkl").write_bytes(b"\x80\x05truncat")
+    with pytest.raises(SpecError, match=r"cannot be restored: UnpicklingError") as e:
+        resume_search(run)
+    assert "\n" not in str(e.value)
+    (run / "tune" / "experiment_state-2026-11-29_07-00-00.json").write_text('{"trial_data": [')
+    with pytest.raises(SpecError, match=r"experiment_state-2026-11-29_07-00-00.json' is corrupt"):
+        resume_search(run)
+    assert (run / "tune" / "tuner.pkl").read_bytes() == b"\x80\x05truncat"  # nothing was touched
+
+
+def test_a_truncated_result_file_is_named_and_left_out(tmp_path, capsys):
+    from evolve import cli
+    from evolve.store import Store
+
+    from evolve.variant import Variant
+
+    store = Store(tmp_path)
+    ids = []
+    for text, fitness in (("a", 2.5), ("b", 2.4)):
+        v = Variant(files=store.put_files({"config.yaml": text.encode()}), operator="seed")
+        store.put_variant(v)
+        ids.append(v.id)
+        store.append_result({"variant_id": v.id, "status": "completed", "fitness": fitness, "operator": "seed",
+                             "parent_ids": [], "record": {}, "metrics": {}, "curve": []})
+    part = next(tmp_path.glob(f"population/*-{ids[1]}.parquet"))
+    part.write_bytes(part.read_bytes()[:40])
+    pop = load_population(tmp_path)
+    assert list(pop["variant_id"]) == ids[:1]
+    assert pop.attrs["unreadable"] == [f"population/{part.name} is unreadable "
+                                       f"({pop.attrs['unreadable'][0].split('(', 1)[1]}"]
+    assert cli.main(["status", str(tmp_path)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"evolve: warning: population/{part.name} is unreadable (")
