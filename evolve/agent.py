@@ -70,31 +70,37 @@ class Outcome:
         return sum(c["latency_s"] for c in self.calls)
 
 
-def _call(client, entry: dict, messages: list, attempt: int) -> tuple[Completion | None, dict]:
-    """Returns (completion or None, the audit entry of this call)."""
+def _call(client, entry: dict, messages: list, attempt: int, cache=None) -> tuple[Completion | None, dict]:
+    """Returns (completion or None, the audit entry of this call); a reply in `cache` costs nothing."""
     row = {"attempt": attempt, "messages": messages, "reply": None, "prompt_tokens": 0,
            "completion_tokens": 0, "latency_s": 0.0, "price": 0.0, "model": entry["model"],
-           "stage": None, "reason": None}
+           "stage": None, "reason": None, "cached": False}
+    kept = cache.get(entry, messages) if cache is not None else None
+    if kept is not None:
+        row.update(reply=kept.text, model=kept.model, cached=True)
+        return kept, row
     t0 = time.monotonic()
     try:
         c = client.complete(messages)
     except LLMError as e:
         row.update(latency_s=time.monotonic() - t0, stage="endpoint", reason=str(e))
         return None, row
+    if cache is not None:
+        cache.put(entry, messages, c)  # paid for: kept before it is used
     row.update(reply=c.text, prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
                latency_s=c.latency_s, price=price(entry, c), model=c.model)
     return c, row
 
 
-def write_child(req: Request, client, entry: dict, smoke=None) -> Outcome:
+def write_child(req: Request, client, entry: dict, smoke=None, cache=None) -> Outcome:
     """Asks for a child, sends a rejected reply back up to `repair_rounds` times, checks it.
 
     `smoke(files)` runs the import and smoke stages (raising Rejected);
-    None skips them.
+    None skips them. `cache` (a `ReplyCache`) answers requests already paid for.
     """
     messages, calls, last = req.messages, [], None
     for attempt in range(req.repair_rounds + 1):
-        c, row = _call(client, entry, messages, attempt)
+        c, row = _call(client, entry, messages, attempt, cache)
         calls.append(row)
         if c is None:
             return Outcome(req, False, "endpoint", row["reason"], calls=calls)
@@ -111,9 +117,9 @@ def write_child(req: Request, client, entry: dict, smoke=None) -> Outcome:
     return Outcome(req, False, last.stage, last.reason, calls=calls)
 
 
-def write_notebook(req: Request, client, entry: dict) -> Outcome:
+def write_notebook(req: Request, client, entry: dict, cache=None) -> Outcome:
     """Asks for the rewritten research notebook."""
-    c, row = _call(client, entry, req.messages, 0)
+    c, row = _call(client, entry, req.messages, 0, cache)
     if c is None:
         return Outcome(req, False, "endpoint", row["reason"], calls=[row])
     text = c.text.strip()
@@ -131,8 +137,9 @@ class Agent:
     """
 
     def __init__(self, entries: list[dict], timeout_s: float, retries: int, parallel: int,
-                 smoke=None, seed: int = 0):
+                 smoke=None, seed: int = 0, cache=None):
         self.entries = entries
+        self.cache = cache  # a ReplyCache, or None
         self.clients = [make_client(e, timeout_s, retries, seed) for e in entries]
         self.smoke = smoke  # smoke(request, files) -> seconds, raises Rejected
         self.pending: dict[str, Request] = {}  # proposal id -> request, until polled
@@ -158,9 +165,9 @@ class Agent:
         client, entry = self.clients[req.model], self.entries[req.model]
         try:
             if req.purpose == "notebook":
-                return write_notebook(req, client, entry)
+                return write_notebook(req, client, entry, self.cache)
             smoke = None if self.smoke is None else (lambda files: self.smoke(req, files))
-            return write_child(req, client, entry, smoke)
+            return write_child(req, client, entry, smoke, self.cache)
         except Exception as e:  # a bug or a lost Ray task: the proposal is lost, not the search
             from evolve.harness import one_line
 

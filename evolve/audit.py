@@ -36,6 +36,7 @@ AUDIT_SCHEMA = pa.schema([
     ("completion_tokens", pa.int64()),
     ("latency_s", pa.float64()),
     ("price", pa.float64()),
+    ("cached", pa.bool_()),  # the reply was one already paid for (see evolve.replies): no tokens, no price
     ("prompt_hash", pa.string()),
     ("notebook_version", pa.int32()),
     ("created_at", pa.float64()),  # the request was made

@@ -29,6 +29,7 @@ from evolve.cascade import STAGES, Rejected
 from evolve.config import model_entries
 from evolve.llm import hold_keys, pick
 from evolve.prompts import Candidate, child_messages, notebook_messages, prompt_hash
+from evolve.replies import ReplyCache
 from evolve.variant import Variant
 
 WAIT, HEURISTIC, DONE = "wait", "heuristic", "done"
@@ -147,7 +148,8 @@ class LLMOperator:
     def agent(self) -> Agent:
         if self._agent is None:
             self._agent = Agent(self.entries, self.op.timeout_s, self.op.retries, self.op.parallel,
-                                smoke=self._smoke if self.op.smoke_steps else None, seed=self.spec.seed)
+                                smoke=self._smoke if self.op.smoke_steps else None, seed=self.spec.seed,
+                                cache=ReplyCache(self.context["run_dir"]))
         return self._agent
 
     def close(self) -> None:
