@@ -70,12 +70,14 @@ class Outcome:
         return sum(c["latency_s"] for c in self.calls)
 
 
-def _call(client, entry: dict, messages: list, attempt: int, cache=None) -> tuple[Completion | None, dict]:
+def _call(client, entry: dict, messages: list, attempt: int, cache=None,
+          proposal_id: str = "") -> tuple[Completion | None, dict]:
     """Returns (completion or None, the audit entry of this call); a reply in `cache` costs nothing."""
+    tag = f"{proposal_id}/{attempt}"
     row = {"attempt": attempt, "messages": messages, "reply": None, "prompt_tokens": 0,
            "completion_tokens": 0, "latency_s": 0.0, "price": 0.0, "model": entry["model"],
            "stage": None, "reason": None, "cached": False}
-    kept = cache.get(entry, messages) if cache is not None else None
+    kept = cache.get(entry, messages, tag) if cache is not None else None
     if kept is not None:
         row.update(reply=kept.text, model=kept.model, cached=True)
         return kept, row
@@ -86,7 +88,7 @@ def _call(client, entry: dict, messages: list, attempt: int, cache=None) -> tupl
         row.update(latency_s=time.monotonic() - t0, stage="endpoint", reason=str(e))
         return None, row
     if cache is not None:
-        cache.put(entry, messages, c)  # paid for: kept before it is used
+        cache.put(entry, messages, tag, c)  # paid for: kept before it is used
     row.update(reply=c.text, prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
                latency_s=c.latency_s, price=price(entry, c), model=c.model)
     return c, row
@@ -100,7 +102,7 @@ def write_child(req: Request, client, entry: dict, smoke=None, cache=None) -> Ou
     """
     messages, calls, last = req.messages, [], None
     for attempt in range(req.repair_rounds + 1):
-        c, row = _call(client, entry, messages, attempt, cache)
+        c, row = _call(client, entry, messages, attempt, cache, req.proposal_id)
         calls.append(row)
         if c is None:
             return Outcome(req, False, "endpoint", row["reason"], calls=calls)
@@ -119,7 +121,7 @@ def write_child(req: Request, client, entry: dict, smoke=None, cache=None) -> Ou
 
 def write_notebook(req: Request, client, entry: dict, cache=None) -> Outcome:
     """Asks for the rewritten research notebook."""
-    c, row = _call(client, entry, req.messages, 0, cache)
+    c, row = _call(client, entry, req.messages, 0, cache, req.proposal_id)
     if c is None:
         return Outcome(req, False, "endpoint", row["reason"], calls=[row])
     text = c.text.strip()

@@ -329,29 +329,30 @@ def test_a_folder_without_a_model_is_an_llm_error(tiny_model, tmp_path, monkeypa
 
 
 def test_a_reply_already_paid_for_is_not_bought_again(server, tmp_path):
-    from evolve.agent import write_notebook, Request
+    from evolve.agent import Request, write_notebook
     from evolve.replies import ReplyCache
 
     entry = {"model": "m-test", "temperature": 0.3, "max_tokens": 77, "price_prompt": 1.0, "price_completion": 2.0}
     client = ChatClient(server.url, "m-test", temperature=0.3, max_tokens=77, timeout_s=10, retries=0)
-    cache = ReplyCache(tmp_path)
-    server.push(Reply(text="notes: larger lr helped"))
-    req = Request(proposal_id="p1", purpose="notebook", messages=MESSAGES, model=0)
-    first = write_notebook(req, client, entry, cache)
-    again = write_notebook(Request(proposal_id="p2", purpose="notebook", messages=MESSAGES, model=0),
-                           client, entry, ReplyCache(tmp_path))  # as after a resume: a new process
+
+    def ask(pid, messages, text=None, cache_dir=tmp_path):
+        if text:
+            server.push(Reply(text=text))
+        req = Request(proposal_id=pid, purpose="notebook", messages=messages, model=0)
+        return write_notebook(req, client, entry, ReplyCache(cache_dir))
+
+    first = ask("00001-aa", MESSAGES, "notes: larger lr helped")
+    again = ask("00001-aa", MESSAGES)  # the same proposal asked again, as after a resume (a new process)
     assert first.ok and again.ok and again.text == first.text == "notes: larger lr helped"
     assert len(server.requests) == 1  # the second answer came from the run folder
     assert first.price > 0 and first.calls[0]["cached"] is False
     assert again.price == 0 and again.prompt_tokens == 0 and again.calls[0]["cached"] is True
+    # another proposal with the same prompt gets its own sample; another conversation is another request
+    assert ask("00002-aa", MESSAGES, "notes: smaller batches").text == "notes: smaller batches"
     other = MESSAGES + [{"role": "user", "content": "and the batch size?"}]
-    server.push(Reply(text="notes: smaller batches"))
-    assert write_notebook(Request(proposal_id="p3", purpose="notebook", messages=other, model=0),
-                          client, entry, cache).text == "notes: smaller batches"
-    assert len(server.requests) == 2  # another conversation is another request
-    (next((tmp_path / "replies").glob("*.json"))).write_text("{trunc")  # unreadable: asked again
-    server.push(Reply(text="notes: again"))
-    server.push(Reply(text="notes: again"))
-    write_notebook(Request(proposal_id="p4", purpose="notebook", messages=MESSAGES, model=0), client, entry, cache)
-    write_notebook(Request(proposal_id="p5", purpose="notebook", messages=other, model=0), client, entry, cache)
+    assert ask("00001-aa", other, "notes: batch 8").text == "notes: batch 8"
     assert len(server.requests) == 3
+    for kept in (tmp_path / "replies").glob("*.json"):  # unreadable: asked again, not an error
+        kept.write_text("{trunc")
+    assert ask("00001-aa", MESSAGES, "notes: again").text == "notes: again"
+    assert len(server.requests) == 4
