@@ -179,7 +179,7 @@ def run_search(spec: Spec, run_dir: str | os.PathLike, log=print, verbose: int =
     return searcher
 
 
-def resume_search(run_dir: str | os.PathLike, log=print, verbose: int = 1) -> None:
+def resume_search(run_dir: str | os.PathLike, log=print) -> None:
     """Continues an interrupted search from its run folder.
 
     Ray Tune restores its experiment state and the searcher's (population,
