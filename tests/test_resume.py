@@ -60,14 +60,14 @@ def start_search(experiment, tmp_path, trials):
 def test_a_driver_killed_while_trials_train_resumes_without_loss_or_repeats(experiment, tmp_path):
     run, log, p = start_search(experiment, tmp_path, 5)
     try:
-        deadline = time.time() + 900
-        while time.time() < deadline and p.poll() is None:
-            if len(recorded(run)) >= 1 and checkpointed_but_running(run):
-                break
-            time.sleep(0.5)
+        deadline, running = time.time() + 900, set()
+        while time.time() < deadline and p.poll() is None and not running:
+            candidates = checkpointed_but_running(run) if recorded(run) else set()
+            if candidates:
+                time.sleep(1.5)  # a Tune snapshot that knows the checkpoint (taken every second here)
+                running = candidates & checkpointed_but_running(run)  # and the trial still trains
+            time.sleep(0.2)
         assert p.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
-        time.sleep(3)  # a Tune snapshot that knows the checkpoint (taken every second here)
-        running = checkpointed_but_running(run)
     finally:
         kill_group(p)
     before = recorded(run)
