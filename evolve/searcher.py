@@ -21,7 +21,7 @@ from evolve.governance import surface_violations
 from evolve.governance import sealed_paths
 from evolve.operators.heuristic import crossover, perturb
 from evolve.operators.llm import DONE, WAIT, LLMOperator
-from evolve.store import Store, atomic_write
+from evolve.store import Store, atomic_write, parsed
 from evolve.variant import Variant
 
 MAX_DUPLICATE_TRIES = 20  # fresh mutations tried before a suggestion gives up
@@ -257,7 +257,7 @@ class EvolveSearcher(Searcher):
             vid = row["variant_id"]
             if vid in self.results:
                 continue
-            row = self.store.result(vid)  # its JSON columns parsed
+            row = parsed(row)
             if vid not in self.variants:  # suggested after the snapshot
                 self._admit(self.store.get_variant(vid))
                 self.n_suggested += 1

@@ -73,6 +73,14 @@ def atomic_write(path: Path, data: bytes, durable: bool = True) -> None:
         raise
 
 
+def parsed(row: dict) -> dict:
+    """Returns a result row with its JSON columns (record, metrics, curve) decoded."""
+    for key in ("record", "metrics", "curve"):
+        if isinstance(row[key], str):
+            row[key] = json.loads(row[key])
+    return row
+
+
 class Store:
     """Content-addressed file store plus the append-only population table."""
 
@@ -158,11 +166,7 @@ class Store:
         parts = sorted(self.population.glob(f"*-{vid}.parquet"))
         if not parts:
             return None
-        row = pq.read_table(parts[0], schema=RESULT_SCHEMA).to_pylist()[0]
-        for key in ("record", "metrics", "curve"):
-            if isinstance(row[key], str):
-                row[key] = json.loads(row[key])
-        return row
+        return parsed(pq.read_table(parts[0], schema=RESULT_SCHEMA).to_pylist()[0])
 
     def read_results(self) -> pa.Table:
         """Returns every readable result row, oldest first.
