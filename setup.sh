@@ -9,4 +9,4 @@ cd "$(dirname "$0")"
 .venv/bin/python -m pip install -q -c constraints.txt -e '.[test]'
 # DeepSpeed compiles its CPU communication op on first use (about a minute
 # on 2 cores); build it now so no trial pays for it.
-DS_ACCELERATOR=cpu .venv/bin/python -c "from evolve.runner import build_deepspeed_ops; build_deepspeed_ops()"
+DS_ACCELERATOR=cpu .venv/bin/python -m evolve.ops
