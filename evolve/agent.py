@@ -139,9 +139,10 @@ class Agent:
     """
 
     def __init__(self, entries: list[dict], timeout_s: float, retries: int, parallel: int,
-                 smoke=None, seed: int = 0, cache=None):
+                 smoke=None, seed: int = 0, cache=None, keep=None):
         self.entries = entries
         self.cache = cache  # a ReplyCache, or None
+        self.keep = keep  # keep(outcome): makes a finished proposal durable before it is polled
         self.clients = [make_client(e, timeout_s, retries, seed) for e in entries]
         self.smoke = smoke  # smoke(request, files) -> seconds, raises Rejected
         self.pending: dict[str, Request] = {}  # proposal id -> request, until polled
@@ -161,7 +162,13 @@ class Agent:
             req = self._todo.get()
             if req is None:
                 return
-            self._done.put(self._run(req))
+            out = self._run(req)
+            if self.keep is not None:
+                try:
+                    self.keep(out)
+                except Exception:  # the proposal is still used; only a kill before it is polled loses it
+                    pass
+            self._done.put(out)
 
     def _run(self, req: Request) -> Outcome:
         client, entry = self.clients[req.model], self.entries[req.model]

@@ -167,7 +167,9 @@ def run_search(spec: Spec, run_dir: str | os.PathLike, log=print, verbose: int =
                                         max_concurrent_trials=spec.budget.concurrent, reuse_actors=True,
                                         scheduler=make_scheduler(spec)),
             run_config=tune.RunConfig(name="tune", storage_path=str(run_dir), verbose=verbose,
-                                      failure_config=tune.FailureConfig(max_failures=spec.trial.max_failures)),
+                                      failure_config=tune.FailureConfig(max_failures=spec.trial.max_failures),
+                                      # a retry or a resume needs the latest checkpoint only
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
         )
 
     try:
@@ -200,6 +202,8 @@ def resume_search(run_dir: str | os.PathLike, log=print) -> None:
     tuner = _restore_tuner(tune_dir)  # before anything starts: a corrupt state is one line
     hold_api_keys(spec)
     meta, context = prepare_run(spec, run_dir)
+    for name in Store(run_dir).sweep_temporaries():
+        log(f"evolve: resume: removed {name}, a write the interrupted driver never finished")
     n = sum(1 for _ in (run_dir / "population").glob("*.parquet"))
     log(f"evolve: resuming {spec.name} in {run_dir}: {n} of {spec.budget.trials} variants recorded")
     init_ray(spec, num_cpus=os.cpu_count())

@@ -149,6 +149,11 @@ class EvolveSearcher(Searcher):
         absorbed = self.absorb_recorded()  # the store is the record; Tune's snapshot may be older
         if absorbed:
             self.log(f"evolve: resume: {absorbed} result(s) recorded after Tune's last snapshot taken from the store")
+        if self.llm is not None:
+            kept = self.llm.restore(self)
+            if kept:
+                self.log(f"evolve: resume: {kept} proposal(s) the agent finished after Tune's last snapshot "
+                         f"taken from proposals/ (not asked for again)")
 
     def __getstate__(self):  # Tuner pickles the searcher; the log callable may not pickle
         state = dict(self.__dict__)

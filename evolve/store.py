@@ -92,6 +92,18 @@ class Store:
         for d in (self.objects, self.variants, self.population):
             d.mkdir(parents=True, exist_ok=True)
 
+    def sweep_temporaries(self) -> list[str]:
+        """Removes the temporary files of writes a killed process never finished; returns their names.
+
+        Only for a run no process is writing to (`evolve resume`, before it starts).
+        """
+        gone = []
+        for tmp in sorted(self.root.glob("**/.*.tmp")):
+            if tmp.is_file() and tmp.relative_to(self.root).parts[0] not in ("tune", "work", "trials"):
+                tmp.unlink()
+                gone.append(tmp.relative_to(self.root).as_posix())
+        return gone
+
     # -- files ---------------------------------------------------------------
     def put_blob(self, data: bytes) -> str:
         key = content_hash(data)

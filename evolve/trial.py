@@ -21,12 +21,14 @@ from pathlib import Path
 from evolve import zygote
 from evolve.harness import one_line
 from evolve.slots import LOST
+from evolve.store import Store, atomic_write
 
 # Resources of the trial's own process: no CPU, so that a 1-CPU worker per
 # trial fits on every core. Ray refuses {"CPU": 0} alone; a token amount of
 # memory makes the request valid without holding anything back.
 TRIAL_RESOURCES = {"CPU": 0, "memory": 1024 * 1024}
 SLOT_WAIT_S = 5.0  # long-poll on the slot board
+RESULT_FILE = "result.json"  # a trial's final result, kept in its folder until the search records it
 
 
 class TrialLost(RuntimeError):
@@ -153,15 +155,24 @@ def report_point(point: dict, end_time: bool = True) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def read_kept_result(path: Path) -> dict | None:
+    """Returns the final result a trial kept in its folder, or None (none, or unreadable: train again)."""
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return result if isinstance(result, dict) and "status" in result else None
+
+
 def trainable(config: dict) -> None:
     """The Tune function trainable: reports the curve, then the final result.
 
     A trial Tune restores (after a failure, or on resume) continues from
-    its latest checkpoint when it has one.
+    its latest checkpoint when it has one. A trial whose variant already
+    finished (its result kept in its folder, or recorded in the store) is
+    not trained again: it reports what it has.
     """
     from ray import tune
-
-    from evolve.store import Store
 
     row = Store(config["run_dir"]).result(config["variant_id"])
     if row is not None:  # it finished after Tune's last snapshot: nothing to train, the row stands
@@ -169,10 +180,15 @@ def trainable(config: dict) -> None:
         tune.report({"tokens": curve[-1][0], "train_loss": curve[-1][1], "dev_loss": curve[-1][2],
                      "done": True, "recorded_before": True})
         return
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        config = {**config, "resume_from": checkpoint.path}  # the run's storage is this file system
-    result = train_variant(config, on_report=report_point)
+    kept = Path(config["out_dir"]) / RESULT_FILE
+    result = read_kept_result(kept)
+    if result is None:
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is not None:
+            config = {**config, "resume_from": checkpoint.path}  # the run's storage is this file system
+        result = train_variant(config, on_report=report_point)
+        # kept before Tune hears of it: a driver that dies before recording it loses no training
+        atomic_write(kept, json.dumps(result).encode())
     last = {}
     curve = (result.get("summary") or {}).get("curve") or []
     if curve:  # a scheduler reads its metric from every result, the final one too

@@ -216,3 +216,38 @@ def test_a_local_transformers_model_drives_the_operator(experiment, tmp_path, ti
     assert (table["outcome"] == "rejected").all() and (table["prompt_tokens"] > 0).all()
     assert set(table["stage"]) <= {"parse"}
     assert len([ln for ln in lines if "takes over" in ln]) == 1
+
+
+def test_resume_takes_in_the_kept_proposals_and_buys_none_again(experiment, tmp_path, server):
+    """Replies that came after the searcher's last snapshot are kept on disk and used after a kill."""
+    more = ["budget.trials=6", "operator.ahead=4", "operator.parallel=2"]
+    searcher, lines, run = make(experiment, tmp_path, server.url, *more)  # asks for 2 children at once
+    searcher.save(str(tmp_path / "snapshot.pkl"))  # Tune's last snapshot: no reply taken in yet
+
+    def kept_reach(n):
+        deadline = time.monotonic() + 30
+        while len(list((run / "proposals").glob("*.json"))) < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return len(list((run / "proposals").glob("*.json")))
+
+    assert kept_reach(2) == 2
+    searcher.llm.pump(searcher)  # takes those 2 in (audited), asks for 2 more
+    assert len(audit.read(run)) == 2 and len(searcher.llm.ready) == 2
+    assert kept_reach(4) == 4
+    searcher.close()  # the driver dies with 2 replies it never took in and 2 children it never trained
+
+    restored, lines2, _ = make(experiment, tmp_path, server.url, *more)
+    restored.restore(str(tmp_path / "snapshot.pkl"))
+    assert len(restored.llm.ready) == 4
+    assert len(audit.read(run)) == 4  # the 2 never taken in are audited now, the others not twice
+    assert any("4 proposal(s) the agent finished after Tune's last snapshot" in ln for ln in lines2)
+    assert len(drive(restored, 6)) == 6
+    pop = load_population(run)
+    llm = pop[pop["operator"] == "llm"]
+    assert len(pop) == 6 and pop["variant_id"].is_unique and len(llm) == 5
+    # every reply was bought once and became one trained child; none was asked for twice
+    assert len(server.requests) == 5
+    table = audit.read(run).to_pandas()
+    assert len(table) == 5 and table["proposal_id"].is_unique and not table["cached"].any()
+    assert set(table["variant_id"]) == set(llm["variant_id"])
+    assert restored.llm.usage["calls"] == 5

@@ -5,7 +5,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -34,8 +36,27 @@ def checkpointed_but_running(run):
 
 def evolve(*args, **kw):
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "TUNE_GLOBAL_CHECKPOINT_S": "1"}
-    return subprocess.Popen([sys.executable, "-m", "evolve.cli", *args], env=env, start_new_session=True,
+    launch = kw.get("launch", ["-m", "evolve.cli"])
+    return subprocess.Popen([sys.executable, *launch, *args], env=env, start_new_session=True,
                             stdout=kw["log"], stderr=subprocess.STDOUT)
+
+
+# `evolve` that kills itself with SIGKILL inside its N-th write of a result: the row's file is
+# written and flushed, the rename that would publish it has not happened (Python's audit hooks
+# see every os.replace).
+KILLED_IN_A_RESULT_WRITE = """
+import os, signal, sys
+left = int(sys.argv.pop(1))
+def hook(event, args):
+    global left
+    if event == "os.rename" and "/population/" in str(args[1]):
+        left -= 1
+        if left == 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+sys.addaudithook(hook)
+from evolve.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
 
 
 def kill_group(p):
@@ -46,6 +67,21 @@ def kill_group(p):
         os.killpg(p.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def resume_to_the_end(run, log, before, trials):
+    """Runs `evolve resume` to the end; checks every variant is there once and the rows of `before` untouched."""
+    q = evolve("resume", str(run), log=log)
+    try:
+        assert q.wait(timeout=900) == 0, Path(log.name).read_text()[-3000:]
+    finally:
+        kill_group(q)
+    after = recorded(run)
+    pop = load_population(run)
+    assert len(pop) == trials and pop["variant_id"].is_unique  # none missing, none twice
+    assert (pop["status"] == "completed").all()
+    assert {v: after[v] for v in before} == before  # what was recorded is untouched
+    return pop
 
 
 def start_search(experiment, tmp_path, trials):
@@ -73,16 +109,7 @@ def test_a_driver_killed_while_trials_train_resumes_without_loss_or_repeats(expe
     before = recorded(run)
     assert 1 <= len(before) < 5 and running
 
-    q = evolve("resume", str(run), log=log)
-    try:
-        assert q.wait(timeout=900) == 0, (tmp_path / "run.log").read_text()[-3000:]
-    finally:
-        kill_group(q)
-    after = recorded(run)
-    pop = load_population(run)
-    assert len(pop) == 5 and pop["variant_id"].is_unique  # none missing, none twice
-    assert {v: after[v] for v in before} == before  # what was recorded is untouched
-    assert (pop["status"] == "completed").all()
+    pop = resume_to_the_end(run, log, before, 5)
     rows = pop.set_index("variant_id")
     # a trial running at the kill continued from its checkpoint: it trained only the rest of its
     # budget, and its record holds the whole curve
@@ -189,3 +216,68 @@ def test_a_truncated_result_file_is_named_and_left_out(tmp_path, capsys):
     assert cli.main(["status", str(tmp_path)]) == 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"evolve: warning: population/{part.name} is unreadable (")
+
+
+SHORT = 40_960  # tokens per trial where no checkpoint is needed
+
+
+def test_a_driver_killed_while_writing_a_result_resumes_without_training_it_again(experiment, tmp_path):
+    run, log = tmp_path / "run", open(tmp_path / "run.log", "wb")
+    p = evolve("2", "run", str(experiment), "budget.trials=4", f"budget.train_tokens={SHORT}",
+               "trial.report_every=10", "--run-dir", str(run), log=log, launch=["-c", KILLED_IN_A_RESULT_WRITE])
+    try:
+        assert p.wait(timeout=900) == -signal.SIGKILL, (tmp_path / "run.log").read_text()[-3000:]
+    finally:
+        kill_group(p)
+    killed_at = time.time()
+    before = recorded(run)
+    unfinished = list((run / "population").glob(".*.tmp"))
+    assert len(before) == 1 and len(unfinished) == 1  # one row recorded, the second half-published
+    interrupted = unfinished[0].name.split("-", 1)[1].split(".parquet")[0]
+
+    pop = resume_to_the_end(run, log, before, 4).set_index("variant_id")
+    assert "removed population/." in (tmp_path / "run.log").read_text()
+    assert not list((run / "population").glob(".*.tmp"))
+    # the trial whose row was being written had finished: its kept result is recorded, not retrained
+    assert pop.loc[interrupted, "started_at"] < killed_at and pop.loc[interrupted, "tokens_trained"] >= SHORT
+
+
+def test_a_driver_killed_while_a_proposal_is_being_made_buys_no_reply_twice(experiment, tmp_path):
+    from tests.agent_replies import lr_edit
+    from tests.openai_server import Reply, ScriptedOpenAI
+
+    held, release, answered, asked = threading.Event(), threading.Event(), [], [0]
+
+    def respond(body):
+        asked[0] += 1
+        if asked[0] == 3 and not release.is_set():  # the third proposal is being made at the kill
+            held.set()
+            release.wait()
+            return Reply(status=503)  # to a driver that is gone
+        factor = round(1.0 + 0.07 * asked[0], 2)
+        answered.append(factor)
+        return Reply(text=lr_edit(body, factor))
+
+    with ScriptedOpenAI(respond) as server:
+        run, log = tmp_path / "run", open(tmp_path / "run.log", "wb")
+        llm = ["operator.kind=llm", "operator.model=scripted", f"operator.base_url={server.url}",
+               "operator.smoke_steps=0", "operator.parallel=1", "operator.ahead=2", "operator.retries=0",
+               "operator.timeout_s=600", "operator.wait_s=600", "operator.notebook_every=0"]
+        p = evolve("run", str(experiment), "budget.trials=4", f"budget.train_tokens={SHORT}",
+                   "trial.report_every=10", *llm, "--run-dir", str(run), log=log)
+        try:
+            deadline = time.time() + 900
+            while time.time() < deadline and p.poll() is None and not (held.is_set() and recorded(run)):
+                time.sleep(0.2)
+            assert p.poll() is None and held.is_set(), (tmp_path / "run.log").read_text()[-3000:]
+        finally:
+            kill_group(p)
+            release.set()
+        before = recorded(run)
+        assert len(before) >= 1 and answered == [1.07, 1.14]
+
+        pop = resume_to_the_end(run, log, before, 4)
+    children = pop[pop["operator"] == "llm"]
+    # every reply bought became one trained child, and no reply was bought twice
+    factors = sorted(float(r["rationale"].split(" by ")[1].split()[0]) for r in children["record"])
+    assert factors == sorted(answered) and len(answered) == 3

@@ -22,7 +22,7 @@ import time
 from collections import Counter, deque
 from pathlib import Path
 
-from evolve import audit, notebook
+from evolve import audit, notebook, outbox
 from evolve import population as pop
 from evolve.agent import Agent, Outcome, Request
 from evolve.cascade import STAGES, Rejected
@@ -30,6 +30,7 @@ from evolve.config import model_entries
 from evolve.llm import hold_keys, pick
 from evolve.prompts import Candidate, child_messages, notebook_messages, prompt_hash
 from evolve.replies import ReplyCache
+from evolve.store import Store
 from evolve.variant import Variant
 
 WAIT, HEURISTIC, DONE = "wait", "heuristic", "done"
@@ -53,6 +54,7 @@ class LLMOperator:
         self.notebook_text, self.notebook_version = "", 0
         self.events: list[dict] = []  # since the last notebook update
         self.n_requests = 0
+        self.absorbed: set[str] = set()  # proposal ids taken in (see `restore`)
         self.n_child_requests = 0  # drives the islands' round robin
         self.waiting_since: float | None = None
         self.last_probe = 0.0
@@ -149,7 +151,8 @@ class LLMOperator:
         if self._agent is None:
             self._agent = Agent(self.entries, self.op.timeout_s, self.op.retries, self.op.parallel,
                                 smoke=self._smoke if self.op.smoke_steps else None, seed=self.spec.seed,
-                                cache=ReplyCache(self.context["run_dir"]))
+                                cache=ReplyCache(self.context["run_dir"]),
+                                keep=lambda out: outbox.keep(Store(self.context["run_dir"]), out))
         return self._agent
 
     def close(self) -> None:
@@ -193,8 +196,27 @@ class LLMOperator:
         self.n_child_requests += req.purpose == "child"
         self.agent.submit(req)
 
-    def _absorb(self, s, out: Outcome) -> None:
+    def restore(self, s) -> int:
+        """Takes in the proposals the agent finished after the snapshot this state was restored from.
+
+        They are kept in proposals/ (see `evolve.outbox`); each is taken in
+        once, so a reply paid for before a kill is used, not bought again,
+        and its audit rows are written only if they were not before the
+        kill. Returns how many were taken in.
+        """
+        self.ready = deque(c for c in self.ready if c.id not in s.variants)  # trained since the snapshot
+        audited = set(audit.read(s.store.root).column("proposal_id").to_pylist())
+        outs, bad = outbox.load(s.store, skip=self.absorbed)
+        for line in bad:
+            self.log(f"evolve: warning: {line}")
+        for out in outs:
+            self._absorb(s, out, audited=out.request.proposal_id in audited)
+        return len(outs)
+
+    def _absorb(self, s, out: Outcome, audited: bool = False) -> None:
+        """Takes in one finished proposal; `audited`: its audit rows exist already (a resume)."""
         req = out.request
+        self.absorbed.add(req.proposal_id)
         self.usage["calls"] += len(out.calls)
         self.usage["prompt_tokens"] += out.prompt_tokens
         self.usage["completion_tokens"] += out.completion_tokens
@@ -215,6 +237,10 @@ class LLMOperator:
                       "smoke_seconds": out.smoke_seconds}
             child = Variant(files=s.store.put_files(out.files), parents=(req.parent_id,),
                             operator="llm", record=record, island=req.island)
+            if audited and child.id in s.variants:  # accepted, then trained, after the snapshot
+                self.accepted += 1
+                self.failures_in_row = 0
+                return
             if child.id in s.variants or any(child.id == r.id for r in self.ready):
                 out = Outcome(req, False, "duplicate", f"the child is identical to variant {child.id}",
                               calls=out.calls)
@@ -222,7 +248,8 @@ class LLMOperator:
             else:
                 self.ready.append(child)
                 self.accepted += 1
-        self._write_audit(s, out, child)
+        if not audited:
+            self._write_audit(s, out, child)
         if req.purpose == "notebook":
             return
         if out.ok and child is not None:
