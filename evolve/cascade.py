@@ -105,6 +105,7 @@ def smoke_run(files: dict[str, bytes], context: dict, work_dir: str, steps: int,
     import os
 
     from evolve import zygote
+    from evolve.sandbox import policy_for
 
     # The CPU zygote is keyed by DS_ACCELERATOR: set it for this call only,
     # so a pooled Ray worker that later hosts a GPU trial is left as it was.
@@ -125,7 +126,8 @@ def smoke_run(files: dict[str, bytes], context: dict, work_dir: str, steps: int,
             result = zygote.call("evolve.harness:smoke_rank", {"config": config},
                                  env={"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"},
                                  log=str(work / "smoke.log"), recipe=str(variant_dir / "recipe.py"),
-                                 on_report=seen.append, timeout_s=timeout_s)
+                                 on_report=seen.append, timeout_s=timeout_s,
+                                 sandbox=policy_for(context, str(out_dir)))
         except zygote.ChildFailed as e:
             raise Rejected("smoke" if seen else "import", str(e)) from None
         return float(result["seconds"])

@@ -117,6 +117,9 @@ class Trial:
     checkpoint_tokens: int = 0
     # times a trial is retried (from its checkpoint) when a rank's process or worker is lost
     max_failures: int = 2
+    sandbox: bool = True  # each rank runs the variant in evolve.sandbox's walls
+    memory_gb: float = 8.0  # the most memory a rank's process may allocate (0: no cap)
+    timeout_s: float = 3600.0  # a rank still running after this long is killed (0: never)
 
 
 @dataclass(frozen=True)
@@ -294,6 +297,10 @@ def _check(spec: Spec) -> None:
         raise SpecError(f"trial.max_failures: must be 0 or more, got {t.max_failures!r}")
     if t.checkpoint_tokens < 0:
         raise SpecError(f"trial.checkpoint_tokens: must be 0 (none) or more, got {t.checkpoint_tokens!r}")
+    if t.memory_gb < 0:
+        raise SpecError(f"trial.memory_gb: must be 0 (no cap) or more, got {t.memory_gb!r}")
+    if t.timeout_s < 0:
+        raise SpecError(f"trial.timeout_s: must be 0 (never) or more, got {t.timeout_s!r}")
 
 
 def _check_numbers(name: str, m: dict) -> None:

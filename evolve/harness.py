@@ -22,6 +22,8 @@ from pathlib import Path
 
 import yaml
 
+from evolve import sandbox
+
 HOOKS = ("model_config", "optimizer", "lr_multiplier", "deepspeed_config", "batches", "loss")
 # GPT2Config fields a recipe may not set: the harness fixes vocabulary and context.
 RESERVED_MODEL_KEYS = ("vocab_size", "n_positions", "n_ctx", "bos_token_id", "eos_token_id")
@@ -127,10 +129,22 @@ def run_rank(report, config: dict, rank: int, world: int) -> None:
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world)
+    _init_deepspeed_comm(backend)
     try:
         _train(config, rank, world, Path(config["out_dir"]), report)
     finally:
         dist.destroy_process_group()
+
+
+def _init_deepspeed_comm(backend: str) -> None:
+    """Sets up DeepSpeed's communication (and loads its CPU op) now, before any variant code runs.
+
+    `deepspeed.initialize` would otherwise do it, and loading the op checks
+    the compiler with subprocesses, which the sandbox's guard refuses.
+    """
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend=backend)
 
 
 def smoke_rank(report, config: dict) -> dict:
@@ -157,6 +171,7 @@ def solo_rank(report, config: dict) -> dict:
                       LOCAL_RANK="0")
     config = {**config, "resources": {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0}}
     dist.init_process_group(backend="gloo", init_method="env://", rank=0, world_size=1)
+    _init_deepspeed_comm("gloo")
     try:
         return _train(config, 0, 1, Path(config["out_dir"]), report)
     finally:
@@ -206,6 +221,27 @@ def _save_checkpoint(engine, path: Path, state: dict, rank: int) -> None:
         os.replace(tmp, path / CHECKPOINT_STATE)
 
 
+PROTECTED_MODULES = ("evolve.harness", "evolve.sandbox", "evolve.zygote")
+
+
+def _snapshot() -> dict:
+    """Returns what the harness's own modules hold, name by name, before the variant runs."""
+    import sys
+
+    return {(m, k): id(v) for m in PROTECTED_MODULES if m in sys.modules
+            for k, v in vars(sys.modules[m]).items()}
+
+
+def _check_untouched(before: dict, during: str) -> None:
+    """Raises RecipeError if the variant's code replaced anything in the harness's modules."""
+    after = _snapshot()
+    changed = sorted(f"{m}.{k}" for (m, k), ident in after.items() if before.get((m, k)) != ident)
+    changed += sorted(f"{m}.{k}" for (m, k) in before if (m, k) not in after)
+    if changed:
+        raise RecipeError(f"the variant changed the harness while {during} ({', '.join(changed[:3])}); "
+                          f"the harness is not the variant's to change")
+
+
 def _same(a: dict, b: dict) -> bool:
     return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
 
@@ -219,9 +255,17 @@ def _train(config: dict, rank: int, world: int, out_dir: Path, report) -> dict:
 
     t_setup = time.time()
     torch.manual_seed(config["seed"] * 1000 + rank)
+    # The limits are read into numbers before any of the variant's code runs: nothing it does to
+    # the dicts they came from changes them.
     task = config["task"]
-    meta = json.loads((Path(config["data_dir"]) / "meta.json").read_text())
+    budget = int(config["train_tokens"])
+    param_cap, eval_seq = int(task.get("param_cap", 1_000_000)), int(task.get("eval_seq_len", 128))
+    dev_tokens, report_every = int(task.get("dev_tokens", 8192)), int(config["report_every"])
+    vocab = int(json.loads((Path(config["data_dir"]) / "meta.json").read_text())["vocab_size"])
+    untouched = _snapshot()
+    sandbox.guard()  # no-op outside a sandbox
     recipe = load_recipe(config["variant_dir"])
+    _check_untouched(untouched, "importing recipe.py")
     settings = load_settings(config["variant_dir"])
     smoke = bool(config.get("smoke"))
     if smoke:
@@ -232,19 +276,17 @@ def _train(config: dict, rank: int, world: int, out_dir: Path, report) -> dict:
     seq, bs = int(settings.get("seq_len", 0)), int(settings.get("batch_size", 0))
     if seq < 1 or bs < 1:
         raise RecipeError(f"config.yaml: seq_len and batch_size must be >= 1, got {seq}, {bs}")
-    eval_seq = int(task.get("eval_seq_len", 128))
     context = max(seq, eval_seq)
-    model, n_params = build_model(recipe, settings, meta["vocab_size"], context,
-                                  int(task.get("param_cap", 1_000_000)))
+    model, n_params = build_model(recipe, settings, vocab, context, param_cap)
     ds_config = deepspeed_settings(recipe, settings, bs)
     gas = ds_config["gradient_accumulation_steps"]
     tokens_per_micro = bs * seq * world
     start_tokens, start_step, start_micro = ((resume["tokens"], resume["step"], resume["micro"])
                                              if resume else (0, 0, 0))
-    steps_left = (config["train_tokens"] - start_tokens) // tokens_per_micro // gas
+    steps_left = (budget - start_tokens) // tokens_per_micro // gas
     if steps_left < 1 and not resume:
         raise RecipeError(f"config.yaml: one optimizer step needs {tokens_per_micro * gas:,} "
-                          f"tokens, more than the budget of {config['train_tokens']:,}")
+                          f"tokens, more than the budget of {budget:,}")
     if smoke:  # a check before the trial: a few steps, nothing saved
         steps_left = min(steps_left, int(config["max_steps"]))
     steps_left = max(0, steps_left)
@@ -278,7 +320,7 @@ def _train(config: dict, rank: int, world: int, out_dir: Path, report) -> dict:
     train = torch.from_numpy(np.fromfile(Path(config["data_dir"]) / "train.bin", dtype=np.uint8))
     shard = train[rank * len(train) // world: (rank + 1) * len(train) // world]
     dev = torch.from_numpy(np.fromfile(Path(config["data_dir"]) / "dev.bin", dtype=np.uint8))
-    dev = dev[: int(task.get("dev_tokens", 8192)) + 1]
+    dev = dev[: dev_tokens + 1]
     data_seed = config["seed"] * 1000 + rank
     if resume and not same_run:  # other settings: a fresh stream, not the one the saved run was reading
         data_seed += 1_000_003 * start_step
@@ -288,7 +330,6 @@ def _train(config: dict, rank: int, world: int, out_dir: Path, report) -> dict:
         for _ in range(start_micro):
             next(batches)
 
-    report_every = int(config["report_every"])
     ckpt_tokens = 0 if smoke else int(config.get("checkpoint_tokens") or 0)
     next_ckpt = start_tokens + ckpt_tokens if ckpt_tokens else None
     curve, step, train_seconds, ckpt_seconds, loss_sum, loss_n = [], start_step, 0.0, 0.0, 0.0, 0
@@ -332,6 +373,7 @@ def _train(config: dict, rank: int, world: int, out_dir: Path, report) -> dict:
                 if not smoke:
                     report(point)
     t_last = time.time()
+    _check_untouched(untouched, "training")
     summary = {"curve": curve, "train_seconds": train_seconds, "tokens_trained": micro_steps * tokens_per_micro,
                "n_params": n_params, "optimizer_steps": total_steps, "setup_seconds": setup_seconds,
                "first_step_at": t_first, "last_step_at": t_last, "world_size": world,

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 # Before anything imports ray: a local Ray then binds 127.0.0.1 only.
@@ -57,6 +59,26 @@ def seal(spec: Spec, run_dir: Path) -> dict[str, str]:
     return hashes
 
 
+def sandbox_policy(spec: Spec, run_dir: Path) -> dict | None:
+    """Returns what every rank's sandbox hides and caps (see `evolve.sandbox`), or None without one.
+
+    Hidden: the held-out split and whatever the sealed `harness/data.py`
+    names in `sources(task)` (the corpus it was cut from). Raises SpecError,
+    one line, if this machine cannot set the sandbox up.
+    """
+    if not spec.trial.sandbox:
+        return None
+    out = subprocess.run([sys.executable, "-m", "evolve.sandbox"], capture_output=True, text=True)
+    if out.returncode != 0:
+        why = (out.stdout.strip() or out.stderr.strip().splitlines()[-1:] or ["unknown"])[-1]
+        raise SpecError(f"trial.sandbox: this machine cannot set up the variants' sandbox ({why}); "
+                        f"set trial.sandbox=false to train variants without it (see the README's threat model)")
+    module = load_module(spec.path("harness/data.py"), "evolve_sealed_data")
+    sources = [str(p) for p in module.sources(spec.task)] if hasattr(module, "sources") else []
+    return {"hidden": [str((run_dir / "data" / "heldout.bin").resolve()), *sources],
+            "memory_bytes": int(spec.trial.memory_gb * 2**30)}
+
+
 def worker_env(spec: Spec) -> dict[str, str]:
     """Returns the environment every Ray worker of the search gets."""
     env = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": HEALTH_CHECK_INTERVAL_S,
@@ -86,6 +108,7 @@ def prepare_run(spec: Spec, run_dir: Path) -> tuple[dict, dict]:
     atomic_write(run_dir / "spec.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False).encode())
     meta = prepare_data(spec, run_dir)
     sealed = seal(spec, run_dir)
+    walls = sandbox_policy(spec, run_dir)
     if spec.trial.gpus_per_worker == 0:
         load_cpu_comm_op()  # built once here, before trials race to
     context = {
@@ -94,6 +117,7 @@ def prepare_run(spec: Spec, run_dir: Path) -> tuple[dict, dict]:
         "sealed": sealed, "metric": spec.objective.metric, "seed": spec.seed,
         "train_tokens": spec.budget.train_tokens, "report_every": spec.trial.report_every,
         "checkpoint_tokens": spec.trial.checkpoint_tokens,
+        "sandbox": walls, "timeout_s": spec.trial.timeout_s,
         "train_storage": str(run_dir / "train"),
         # the search's slot board: a named actor, unique to the run directory
         "slots": f"evolve-slots-{hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:12]}",

@@ -205,6 +205,7 @@ def _run_rank(board, slot: int, job: dict, rank: int, world: int, local_rank: in
     """Trains one rank of one job in a fresh zygote child; returns None or the one-line reason."""
     from evolve import zygote
     from evolve.harness import one_line
+    from evolve.sandbox import policy_for
 
     config = job["config"]
     out_dir = Path(config["out_dir"])
@@ -229,7 +230,8 @@ def _run_rank(board, slot: int, job: dict, rank: int, world: int, local_rank: in
             zygote.call("evolve.harness:run_rank", {"config": config, "rank": rank, "world": world},
                         env=env, log=str(out_dir / f"rank{rank}.log"),
                         recipe=str(Path(config["variant_dir"]) / "recipe.py"), on_report=report,
-                        cancel=cancel)
+                        cancel=cancel, timeout_s=config.get("timeout_s") or None,
+                        sandbox=policy_for(config, str(out_dir)))
         finally:
             cancel.set()  # ends the watcher
         return None

@@ -28,7 +28,7 @@ from evolve.store import Store, atomic_write
 # memory makes the request valid without holding anything back.
 TRIAL_RESOURCES = {"CPU": 0, "memory": 1024 * 1024}
 SLOT_WAIT_S = 5.0  # long-poll on the slot board
-RESULT_FILE = "result.json"  # a trial's final result, kept in its folder until the search records it
+KEPT = "kept"  # run_dir/kept/<variant>.json: a trial's final result, kept before the search records it
 
 
 class TrialLost(RuntimeError):
@@ -169,7 +169,7 @@ def trainable(config: dict) -> None:
 
     A trial Tune restores (after a failure, or on resume) continues from
     its latest checkpoint when it has one. A trial whose variant already
-    finished (its result kept in its folder, or recorded in the store) is
+    finished (its result kept in kept/, or recorded in the store) is
     not trained again: it reports what it has.
     """
     from ray import tune
@@ -180,7 +180,8 @@ def trainable(config: dict) -> None:
         tune.report({"tokens": curve[-1][0], "train_loss": curve[-1][1], "dev_loss": curve[-1][2],
                      "done": True, "recorded_before": True})
         return
-    kept = Path(config["out_dir"]) / RESULT_FILE
+    # outside the trial's folder: the variant's process may write there, never here
+    kept = Path(config["run_dir"]) / KEPT / f"{config['variant_id']}.json"
     result = read_kept_result(kept)
     if result is None:
         checkpoint = tune.get_checkpoint()

@@ -145,6 +145,17 @@ def _child(conn: socket.socket, request: dict) -> int:
 
     try:
         _send(conn, {"pid": os.getpid()})
+        if request.get("sandbox"):  # returns in a sandboxed child; this process waits for it
+            from evolve import sandbox
+
+            def on_exit(reason):  # an end the child could not report itself; after a result, unread
+                if reason is not None:
+                    try:
+                        _send(conn, {"error": reason})
+                    except OSError:
+                        pass
+
+            sandbox.enter(request["sandbox"], on_exit)
         threading.Thread(target=watch, daemon=True).start()
         module, name = request["fn"].split(":")
         fn = getattr(importlib.import_module(module), name)
@@ -239,14 +250,15 @@ POLL_S = 0.2  # how often a waiting call looks at its time-out and its cancel ev
 
 def call(fn: str, kwargs: dict, *, env: dict | None = None, log: str | None = None,
          recipe: str | None = None, on_report=None, timeout_s: float | None = None,
-         cancel: threading.Event | None = None):
+         cancel: threading.Event | None = None, sandbox: dict | None = None):
     """Returns `fn(report, **kwargs)` run in a fresh child of this node's zygote.
 
     `fn` is "module:function"; the child's reports go to `on_report`; a
     failure raises ChildFailed with the child's one-line reason (pointing at
     the line of `recipe` it came from, where given). A child still running
     after `timeout_s`, or when `cancel` is set, is killed with everything
-    it started.
+    it started. With a `sandbox` policy the child runs `fn` inside
+    `evolve.sandbox`'s walls.
     """
     path = ensure()
     conn = _connect(path)
@@ -265,7 +277,7 @@ def call(fn: str, kwargs: dict, *, env: dict | None = None, log: str | None = No
 
     with conn:
         _send(conn, {"op": "call", "fn": fn, "kwargs": kwargs, "env": env or {}, "log": log,
-                     "recipe": recipe})
+                     "recipe": recipe, "sandbox": sandbox})
         conn.settimeout(POLL_S if deadline is not None or cancel is not None else None)
         buf = b""
         while True:

@@ -23,6 +23,15 @@ def corpus_text(path):
     return "\n\n".join(topics[k] for k in sorted(topics))
 
 
+def sources(task):
+    """Returns the files the held-out split was cut from: a variant's process may not read them."""
+    if task.get("corpus"):
+        return [str(Path(task["corpus"]).resolve())]
+    import importlib.util
+
+    return list(importlib.util.find_spec("pydoc_data").submodule_search_locations)
+
+
 def prepare(out_dir, task):
     """Writes train.bin, dev.bin, heldout.bin (uint8) and meta.json to out_dir."""
     out = Path(out_dir)
