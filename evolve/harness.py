@@ -229,7 +229,8 @@ def _snapshot() -> dict:
     import sys
 
     return {(m, k): id(v) for m in PROTECTED_MODULES if m in sys.modules
-            for k, v in vars(sys.modules[m]).items()}
+            for k, v in vars(sys.modules[m]).items()
+            if not k.startswith("__")}  # Python's own bookkeeping (__warningregistry__, ...)
 
 
 def _check_untouched(before: dict, during: str) -> None:
