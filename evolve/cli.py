@@ -175,6 +175,15 @@ def cmd_checkout(args) -> int:
     return 0
 
 
+def cmd_export_git(args) -> int:
+    from evolve.gitexport import export_git
+
+    out = export_git(args.run_dir, args.dir)
+    champion = f"; main is the champion {out['champion']}" if out["champion"] else ""
+    print(f"wrote {out['variants']} variants as commits to {args.dir} (a tag per variant id){champion}")
+    return 0
+
+
 def _existing_run(path: str) -> str:
     if not (Path(path) / "population").is_dir():
         raise argparse.ArgumentTypeError(f"{path!r} is not a run directory (no population/ folder)")
@@ -206,6 +215,10 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("variant")
     c.add_argument("dir")
     c.set_defaults(func=cmd_checkout)
+    g = sub.add_parser("export-git", help="write the lineage as a git repository, a commit per variant")
+    g.add_argument("run_dir", type=_existing_run)
+    g.add_argument("dir", help="a new (or empty) folder for the repository")
+    g.set_defaults(func=cmd_export_git)
     return p
 
 
