@@ -75,7 +75,7 @@ def main() -> None:
     ap.add_argument("--skip-baseline", action="store_true")
     args = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="evolve-bench-"))
-    common = [f"budget.trials={args.trials}", f"budget.concurrent={args.concurrent}",
+    common = ["confirm.top=0", f"budget.trials={args.trials}", f"budget.concurrent={args.concurrent}",
               f"budget.train_tokens={args.train_tokens}"]
     heur = None
     if not args.skip_baseline:

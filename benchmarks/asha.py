@@ -45,7 +45,7 @@ def main() -> None:
     pops = {}
     for kind in ("fifo", "asha"):
         spec = load_spec(ROOT / "experiments" / "tiny_lm", [
-            f"budget.trials={args.trials}", f"budget.train_tokens={args.train_tokens}", f"seed={args.seed}",
+            "confirm.top=0", f"budget.trials={args.trials}", f"budget.train_tokens={args.train_tokens}", f"seed={args.seed}",
             f"scheduler.kind={kind}", f"scheduler.reduction_factor={args.reduction_factor}"])
         run_search(spec, base / kind, log=lambda line: None, verbose=0)
         pops[kind] = load_population(base / kind)

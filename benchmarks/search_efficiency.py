@@ -56,7 +56,8 @@ def main() -> None:
             if any(r["seed"] == seed for r in results[method]):
                 continue
             spec = load_spec(ROOT / "experiments" / "tiny_lm", [
-                f"budget.trials={args.trials}", f"budget.train_tokens={args.train_tokens}", f"seed={seed}"])
+                "confirm.top=0", f"budget.trials={args.trials}", f"budget.train_tokens={args.train_tokens}",
+                f"seed={seed}"])
             run_dir = base / f"{method}-{seed}"
             t0 = time.time()
             if method == "evolve":

@@ -50,7 +50,7 @@ def main() -> None:
     ap.add_argument("--run-dir", default=None, help="an existing run to read instead of searching")
     args = ap.parse_args()
     spec = load_spec(ROOT / "experiments" / "tiny_lm", [
-        f"budget.trials={args.cycles}", f"budget.train_tokens={args.train_tokens}",
+        "confirm.top=0", f"budget.trials={args.cycles}", f"budget.train_tokens={args.train_tokens}",
         f"trial.report_every={args.report_every}", f"seed={args.seed}"])
     if args.run_dir:
         run_dir = Path(args.run_dir).resolve()

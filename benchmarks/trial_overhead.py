@@ -33,7 +33,7 @@ def main() -> None:
     args = ap.parse_args()
     run_dir = Path(args.run_dir or tempfile.mkdtemp(prefix="evolve-bench-")) / "run"
     spec = load_spec(ROOT / "experiments" / "tiny_lm",
-                     [f"budget.trials={args.trials}", f"budget.concurrent={args.concurrent}",
+                     ["confirm.top=0", f"budget.trials={args.trials}", f"budget.concurrent={args.concurrent}",
                       f"budget.train_tokens={args.train_tokens}"])
     t0 = time.time()
     run_search(spec, run_dir, log=lambda line: None, verbose=0)

@@ -72,8 +72,13 @@ def cmd_resume(args) -> int:
 
 
 def _finish(run_dir: str, trials: int) -> int:
+    from evolve import confirm
+
     pop = _population(run_dir)
     print("\n".join(summary_lines(run_dir, pop)))
+    verdict = confirm.load_verdict(run_dir)
+    if verdict is not None:
+        print("\n".join(confirm.lines(verdict)))
     if len(pop) < trials:  # Ctrl-C (Tune stops its trials and saves its state), or the operator ran dry
         print(f"evolve: the search stopped at {len(pop)} of {trials} variants; continue it with: "
               f"evolve resume {shlex.quote(run_dir)}")
@@ -95,6 +100,49 @@ def cmd_status(args) -> int:
     for line in agent_lines(args.run_dir):
         print(line)
     for line in summary_lines(args.run_dir, pop)[1:2]:  # best so far, against the seed
+        print(line.replace("best:", "single-run leader:", 1))
+    from evolve import confirm
+
+    for line in confirm.lines(confirm.load_verdict(args.run_dir)):
+        print(line)
+    return 0
+
+
+def cmd_review(args) -> int:
+    from evolve import confirm
+    from evolve.analysis import diff_against_parent
+
+    v = confirm.load_verdict(args.run_dir)
+    waiting = [c for c in (v or {}).get("candidates", []) if c["awaiting"] or c["flagged"]]
+    if not waiting:
+        print("review: no candidate awaits approval")
+        return 0
+    for c in waiting:
+        state = "awaiting approval" if c["awaiting"] else ("approved" if c["approved"] else "not confirmed")
+        flag = (f"; flagged: its single run was {c['jump_sigmas']:.1f} noise sds better than its parent's"
+                if c["flagged"] else "")
+        print(f"== {c['variant_id']} ({state}{flag})")
+        print(f"   re-runs: {v['metric']} {c['mean']:.4f} [{c['low']:.4f}, {c['high']:.4f}] over {c['n']} seeds; "
+              f"single run {c['single']:.4f}; parent {c['parent_id']} re-runs {c['parent_mean']:.4f}, "
+              f"single run {c['parent_single']:.4f}; p = {c['p']:.3g}")
+        print(diff_against_parent(args.run_dir, c["variant_id"]))
+    return 0
+
+
+def cmd_approve(args) -> int:
+    from evolve import confirm
+    from evolve.analysis import resolve
+
+    vid = resolve(args.run_dir, args.variant)
+    v = confirm.load_verdict(args.run_dir)
+    c = next((c for c in (v or {}).get("candidates", []) if c["variant_id"] == vid), None)
+    if c is None:
+        raise SpecError(f"approve: {vid} has no confirmation re-runs; only re-run candidates can be approved")
+    if not c["confirmed"]:
+        raise SpecError(f"approve: {vid} is not a confirmed improvement (p = {c['p']:.3g} against its parent)")
+    confirm.approve(args.run_dir, vid, args.note)
+    print(f"approved {vid}")
+    for line in confirm.lines(confirm.load_verdict(args.run_dir)):
         print(line)
     return 0
 
@@ -215,6 +263,14 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("variant")
     c.add_argument("dir")
     c.set_defaults(func=cmd_checkout)
+    rv = sub.add_parser("review", help="candidates awaiting approval, with their re-runs and diffs")
+    rv.add_argument("run_dir", type=_existing_run)
+    rv.set_defaults(func=cmd_review)
+    ap = sub.add_parser("approve", help="promote a confirmed candidate (needed when flagged or with confirm.approval)")
+    ap.add_argument("run_dir", type=_existing_run)
+    ap.add_argument("variant")
+    ap.add_argument("--note", default="", help="why, kept with the approval")
+    ap.set_defaults(func=cmd_approve)
     g = sub.add_parser("export-git", help="write the lineage as a git repository, a commit per variant")
     g.add_argument("run_dir", type=_existing_run)
     g.add_argument("dir", help="a new (or empty) folder for the repository")

@@ -123,6 +123,17 @@ class Trial:
 
 
 @dataclass(frozen=True)
+class Confirm:
+    """Re-runs that confirm a champion beyond seed noise (see evolve.confirm)."""
+
+    top: int = 2  # candidates re-trained (with their parents and the seed); 0: no confirmation
+    seeds: int = 3  # fresh seeds per re-trained variant
+    alpha: float = 0.05  # Welch's one-sided test: candidate beats parent at this level
+    flag_sigmas: float = 4.0  # a single-run jump over the parent beyond this many seed-noise sds needs review
+    approval: bool = False  # no champion without `evolve approve`
+
+
+@dataclass(frozen=True)
 class Spec:
     scaffold: str  # the seed variant's folder
     mutable: list  # files a mutation may change, inside the scaffold
@@ -135,6 +146,7 @@ class Spec:
     selection: Selection = field(default_factory=Selection)
     scheduler: Scheduler = field(default_factory=Scheduler)
     trial: Trial = field(default_factory=Trial)
+    confirm: Confirm = field(default_factory=Confirm)
     task: dict = field(default_factory=dict)  # passed to the experiment's harness
     seed: int = 0  # seeds the searcher's RNG
 
@@ -154,6 +166,7 @@ _SECTIONS = {
     "selection": Selection,
     "scheduler": Scheduler,
     "trial": Trial,
+    "confirm": Confirm,
 }
 
 
@@ -170,6 +183,8 @@ def _coerce(name: str, value: Any, typ: Any) -> Any:
     origin = get_origin(typ) or typ
     if origin is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if origin is bool and not isinstance(value, bool):
+        raise SpecError(f"{name}: expected true or false, got {value!r}")
     if origin is int and (isinstance(value, bool) or not isinstance(value, int)):
         raise SpecError(f"{name}: expected an integer, got {value!r}")
     if origin is float and not isinstance(value, float):
@@ -297,6 +312,15 @@ def _check(spec: Spec) -> None:
         raise SpecError(f"trial.max_failures: must be 0 or more, got {t.max_failures!r}")
     if t.checkpoint_tokens < 0:
         raise SpecError(f"trial.checkpoint_tokens: must be 0 (none) or more, got {t.checkpoint_tokens!r}")
+    c = spec.confirm
+    if c.top < 0:
+        raise SpecError(f"confirm.top: must be 0 (no confirmation) or more, got {c.top!r}")
+    if c.top and c.seeds < 2:
+        raise SpecError(f"confirm.seeds: a test needs at least 2 re-runs per variant, got {c.seeds!r}")
+    if not 0.0 < c.alpha < 0.5:
+        raise SpecError(f"confirm.alpha: expected a level between 0 and 0.5, got {c.alpha!r}")
+    if c.flag_sigmas <= 0:
+        raise SpecError(f"confirm.flag_sigmas: must be above 0, got {c.flag_sigmas!r}")
     if t.memory_gb < 0:
         raise SpecError(f"trial.memory_gb: must be 0 (no cap) or more, got {t.memory_gb!r}")
     if t.timeout_s < 0:

@@ -191,9 +191,7 @@ def run_search(spec: Spec, run_dir: str | os.PathLike, log=print, verbose: int =
                                         max_concurrent_trials=spec.budget.concurrent, reuse_actors=True,
                                         scheduler=make_scheduler(spec)),
             run_config=tune.RunConfig(name="tune", storage_path=str(run_dir), verbose=verbose,
-                                      failure_config=tune.FailureConfig(max_failures=spec.trial.max_failures),
-                                      # a retry or a resume needs the latest checkpoint only
-                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+                                      failure_config=tune.FailureConfig(max_failures=spec.trial.max_failures)),
         )
 
     try:

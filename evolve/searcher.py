@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ray.tune.search import Searcher
 
+from evolve import confirm
 from evolve import population as pop
 from evolve.governance import surface_violations
 from evolve.governance import sealed_paths
@@ -59,6 +60,8 @@ class EvolveSearcher(Searcher):
         self.curves: dict[str, list] = {}  # trial id -> learning curve so far
         self.n_suggested = 0
         self.n_recorded = 0
+        self.confirm_plan: list | None = None  # (variant, seed) re-runs still to suggest
+        self.confirm_live: dict[str, tuple] = {}  # trial id -> (variant, seed) of a re-run
         seed = Variant(files=store.put_files(seed_files), operator="seed",
                        record={"kind": "seed", "rationale": "the scaffold as written"})
         self.seed_id = seed.id
@@ -75,7 +78,7 @@ class EvolveSearcher(Searcher):
 
     def suggest(self, trial_id: str):
         if self.n_suggested >= self.spec.budget.trials:
-            return Searcher.FINISHED
+            return self._suggest_rerun(trial_id)
         if self._pending_seed is not None:
             child, self._pending_seed = self._pending_seed, None
         else:
@@ -104,6 +107,9 @@ class EvolveSearcher(Searcher):
                 [result["tokens"], result["train_loss"], result["dev_loss"]])
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        if trial_id in self.confirm_live:
+            self._record_rerun(trial_id, result, error)
+            return
         vid = self.live.pop(trial_id, None)
         curve = self.curves.pop(trial_id, [])
         if vid is None or vid in self.results:
@@ -126,6 +132,43 @@ class EvolveSearcher(Searcher):
                        "failure_reason": f"the trial errored before reporting, {self.spec.trial.max_failures} "
                                          f"retries included (see its error.txt under tune/)"}
         self._record(vid, trial_id, outcome)
+
+    # -- confirmation: re-runs of the top candidates once the budget is spent (evolve.confirm) --
+    def _suggest_rerun(self, trial_id: str):
+        c = self.spec.confirm
+        if not c.top:
+            return Searcher.FINISHED
+        if self.confirm_plan is None:
+            if self.live or self.n_recorded < self.n_suggested:
+                return None  # the budget's last trials are still training
+            rows = [{"variant_id": v, "status": r["status"], "fitness": r["fitness"],
+                     "parent_ids": list(self.variants[v].parents)} for v, r in self.results.items()]
+            seeds = [self.spec.seed + 1 + i for i in range(c.seeds)]
+            self.confirm_plan = confirm.plan(rows, self.seed_id, self.spec.objective.mode, c.top, seeds)
+            n = len({v for v, _ in self.confirm_plan})
+            self.log(f"evolve: confirming: {len(self.confirm_plan)} re-runs of {n} variants (the seed, the top "
+                     f"{c.top} and their parents) with seeds {', '.join(map(str, seeds))}")
+        done = self.store.root / confirm.FOLDER
+        while self.confirm_plan and (done / f"{self.confirm_plan[0][0]}-s{self.confirm_plan[0][1]}.json").exists():
+            self.confirm_plan.pop(0)  # recorded before a resume
+        if not self.confirm_plan:
+            return Searcher.FINISHED
+        vid, seed = self.confirm_plan.pop(0)
+        self.confirm_live[trial_id] = (vid, seed)
+        key = f"{vid}-s{seed}"
+        config = self._trial_config(vid, trial_id)
+        return {**config, "seed": seed, "confirm": True, "trial_key": key, "checkpoint_tokens": 0,
+                "out_dir": str(Path(config["out_dir"]).parent / key)}
+
+    def _record_rerun(self, trial_id: str, result: dict | None, error: bool) -> None:
+        vid, seed = self.confirm_live.pop(trial_id)
+        outcome = json.loads(result["result_json"]) if result and "result_json" in result else None
+        if error or outcome is None:
+            outcome = {"status": "failed", "fitness": None, "failure_reason": "the re-run errored before reporting"}
+        confirm.record(self.store.root, vid, seed, outcome)
+        got = (f"{self.spec.objective.metric} {outcome['fitness']:.4f}" if outcome["status"] == "completed"
+               else f"FAILED: {outcome.get('failure_reason')}")
+        self.log(f"[confirm] {vid[:8]} seed {seed} | {got}")
 
     def close(self) -> None:
         """Stops the agent's threads (proposals still being written are dropped)."""

@@ -174,20 +174,21 @@ def trainable(config: dict) -> None:
     """
     from ray import tune
 
-    row = Store(config["run_dir"]).result(config["variant_id"])
+    row = None if config.get("confirm") else Store(config["run_dir"]).result(config["variant_id"])
     if row is not None:  # it finished after Tune's last snapshot: nothing to train, the row stands
         curve = row["curve"] or [[0, float("inf"), float("inf")]]
         tune.report({"tokens": curve[-1][0], "train_loss": curve[-1][1], "dev_loss": curve[-1][2],
                      "done": True, "recorded_before": True})
         return
     # outside the trial's folder: the variant's process may write there, never here
-    kept = Path(config["run_dir"]) / KEPT / f"{config['variant_id']}.json"
+    kept = Path(config["run_dir"]) / KEPT / f"{config.get('trial_key') or config['variant_id']}.json"
     result = read_kept_result(kept)
     if result is None:
         checkpoint = tune.get_checkpoint()
         if checkpoint is not None:
             config = {**config, "resume_from": checkpoint.path}  # the run's storage is this file system
-        result = train_variant(config, on_report=report_point)
+        # a confirmation re-run reports no curve: no scheduler may stop it before its budget
+        result = train_variant(config, on_report=None if config.get("confirm") else report_point)
         # kept before Tune hears of it: a driver that dies before recording it loses no training
         atomic_write(kept, json.dumps(result).encode())
     last = {}

@@ -15,7 +15,7 @@ from evolve.runner import init_ray, prepare_run, run_search
 from evolve.store import Store
 
 pytestmark = pytest.mark.slow
-TINY = ["budget.train_tokens=8192", "trial.report_every=2"]
+TINY = ["budget.train_tokens=8192", "trial.report_every=2", "confirm.top=0"]
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +31,10 @@ def ray_cluster(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def search(ray_cluster, tmp_path_factory):
-    """A real search of 4 variants, 2 at once; returns its run directory."""
+    """A real search of 4 variants, 2 at once, then re-runs of the best, its parent and the seed with 2 seeds."""
     run_dir = tmp_path_factory.mktemp("run") / "tiny"
     spec = load_spec(Path(__file__).parents[1] / "experiments" / "tiny_lm",
-                     TINY + ["budget.trials=4", "budget.concurrent=2"])
+                     TINY + ["budget.trials=4", "budget.concurrent=2", "confirm.top=1", "confirm.seeds=2"])
     lines = []
     run_search(spec, run_dir, log=lines.append)
     return run_dir, lines
@@ -60,11 +60,30 @@ def test_population_is_complete_and_consistent(search):
     assert len(finished) == 4 and all("| best " in ln for ln in finished)
 
 
+def test_the_best_is_retrained_with_fresh_seeds(search):
+    from evolve import confirm
+
+    run_dir, lines = search
+    pop = load_population(run_dir).set_index("variant_id")
+    best = pop.best_id()
+    chosen = {pop.seed_id(), best, *(list(pop.loc[best, "parent_ids"])[:1])}
+    reruns = [ln for ln in lines if ln.startswith("[confirm]")]
+    assert len(reruns) == 2 * len(chosen) and all("heldout_loss" in ln for ln in reruns), reruns
+    got = confirm.read(run_dir)
+    assert set(got) == chosen and all(len(v) == 2 for v in got.values())
+    # another seed is another sample: the seed variant's re-runs differ from its first run and each other
+    seed_runs = got[pop.seed_id()]
+    assert seed_runs[0] != seed_runs[1] and pop.loc[pop.seed_id(), "fitness"] not in seed_runs
+    v = confirm.load_verdict(run_dir)
+    assert v["noise"]["n"] == 2 and v["noise"]["sd"] > 0
+
+
 def test_cli_status_show_checkout(search, tmp_path, capsys):
     run_dir, _ = search
     assert cli.main(["status", str(run_dir)]) == 0
     out = capsys.readouterr().out
-    assert "completed 4" in out and "best:" in out
+    assert "completed 4" in out and "single-run leader:" in out and "seed-to-seed noise:" in out
+    assert "confirmed champion:" in out
     pop = load_population(run_dir)
     child = pop[pop["operator"] != "seed"].iloc[0]["variant_id"]
     assert cli.main(["show", str(run_dir), child[:6]]) == 0

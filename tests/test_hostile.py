@@ -92,7 +92,7 @@ def hostile_search(tmp_path_factory):
     with ScriptedOpenAI(respond) as server:
         args = [sys.executable, "-m", "evolve.cli", "run", str(experiment), f"budget.trials={len(acts) + 1}",
                 f"budget.train_tokens={BUDGET}", "trial.report_every=5", "trial.memory_gb=1",
-                f"trial.timeout_s={TIMEOUT_S}", "trial.max_failures=0", "operator.kind=llm",
+                f"trial.timeout_s={TIMEOUT_S}", "trial.max_failures=0", "confirm.top=0", "operator.kind=llm",
                 "operator.model=scripted", f"operator.base_url={server.url}", "operator.smoke_steps=0",
                 "operator.parallel=1", "operator.ahead=2", "operator.retries=0", "operator.repair_rounds=0",
                 "operator.wait_s=600", "operator.notebook_every=0", "operator.max_failures=100",

@@ -22,7 +22,7 @@ from tests.openai_server import Reply, ScriptedOpenAI
 
 FAST = ["operator.kind=llm", "operator.model=scripted", "operator.smoke_steps=0", "operator.parallel=1",
         "operator.ahead=1", "operator.retries=0", "operator.timeout_s=5", "operator.wait_s=30",
-        "operator.notebook_every=0"]
+        "operator.notebook_every=0", "confirm.top=0"]
 
 
 @pytest.fixture

@@ -89,7 +89,7 @@ def start_search(experiment, tmp_path, trials):
     run = tmp_path / "run"
     log = open(tmp_path / "run.log", "wb")
     return run, log, evolve("run", str(experiment), f"budget.trials={trials}", f"budget.train_tokens={BUDGET}",
-                            "trial.report_every=10", f"trial.checkpoint_tokens={CKPT}", "--run-dir", str(run),
+                            "trial.report_every=10", f"trial.checkpoint_tokens={CKPT}", "confirm.top=0", "--run-dir", str(run),
                             log=log)
 
 
@@ -224,7 +224,7 @@ SHORT = 40_960  # tokens per trial where no checkpoint is needed
 def test_a_driver_killed_while_writing_a_result_resumes_without_training_it_again(experiment, tmp_path):
     run, log = tmp_path / "run", open(tmp_path / "run.log", "wb")
     p = evolve("2", "run", str(experiment), "budget.trials=4", f"budget.train_tokens={SHORT}",
-               "trial.report_every=10", "--run-dir", str(run), log=log, launch=["-c", KILLED_IN_A_RESULT_WRITE])
+               "trial.report_every=10", "confirm.top=0", "--run-dir", str(run), log=log, launch=["-c", KILLED_IN_A_RESULT_WRITE])
     try:
         assert p.wait(timeout=900) == -signal.SIGKILL, (tmp_path / "run.log").read_text()[-3000:]
     finally:
@@ -264,7 +264,7 @@ def test_a_driver_killed_while_a_proposal_is_being_made_buys_no_reply_twice(expe
                "operator.smoke_steps=0", "operator.parallel=1", "operator.ahead=2", "operator.retries=0",
                "operator.timeout_s=600", "operator.wait_s=600", "operator.notebook_every=0"]
         p = evolve("run", str(experiment), "budget.trials=4", f"budget.train_tokens={SHORT}",
-                   "trial.report_every=10", *llm, "--run-dir", str(run), log=log)
+                   "trial.report_every=10", "confirm.top=0", *llm, "--run-dir", str(run), log=log)
         try:
             deadline = time.time() + 900
             while time.time() < deadline and p.poll() is None and not (held.is_set() and recorded(run)):

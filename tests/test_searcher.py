@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from ray.tune.search import Searcher
 
 from evolve.analysis import load_population
@@ -10,7 +12,7 @@ from evolve.store import Store
 
 
 def make(experiment, tmp_path, *overrides):
-    spec = load_spec(experiment, ["budget.trials=8", *overrides])
+    spec = load_spec(experiment, ["budget.trials=8", "confirm.top=0", *overrides])
     store = Store(tmp_path / "run")
     return EvolveSearcher(spec, store, {"ctx": 1}, scaffold_files(spec), log=lambda s: None), store
 
@@ -118,3 +120,56 @@ def test_restore_takes_in_results_recorded_after_the_snapshot_once(experiment, t
     assert sorted(pop["variant_id"]) == sorted([seed, a, b])
     r.restore(str(tmp_path / "snapshot.pkl"))  # restoring again changes nothing
     assert r.n_suggested == 3 and len(r.results) == 3
+
+
+@pytest.mark.parametrize("spread, flagged", [(0.1, False), (0.01, True)])
+def test_after_the_budget_the_top_candidate_is_rerun_and_confirmed(experiment, tmp_path, capsys, spread, flagged):
+    """Fresh seeds re-train the seed, the best and its parent; Welch decides; a huge jump needs review."""
+    import yaml
+
+    from evolve import cli, confirm
+
+    s, store = make(experiment, tmp_path, "budget.trials=4", "confirm.top=1", "confirm.seeds=3")
+    (tmp_path / "run" / "spec.yaml").write_text(yaml.safe_dump(s.spec.to_dict()))
+    single = [3.0, 2.9, 2.95, 2.7]
+    ids = []
+    for i, fitness in enumerate(single):
+        ids.append(s.suggest(f"t{i}")["variant_id"])
+        finish(s, f"t{i}", {}, fitness)
+    best, seed = ids[3], s.seed_id
+    parent = s.variants[best].parents[0]
+    base = {vid: f for vid, f in zip(ids, single)}
+    reruns = []
+    while True:
+        cfg = s.suggest(f"r{len(reruns)}")
+        if cfg == Searcher.FINISHED:
+            break
+        assert cfg["confirm"] and cfg["trial_key"] == f"{cfg['variant_id']}-s{cfg['seed']}"
+        assert cfg["out_dir"].endswith(cfg["trial_key"])
+        reruns.append((cfg["variant_id"], cfg["seed"]))
+        offset = {1: -spread, 2: 0.0, 3: spread}[cfg["seed"]]
+        finish(s, f"r{len(reruns) - 1}", {}, base[cfg["variant_id"]] + offset)
+    assert sorted(reruns) == sorted((v, k) for v in {seed, parent, best} for k in (1, 2, 3))
+    assert len(pop_rows := load_population(tmp_path / "run")) == 4  # re-runs are not population rows
+    v = confirm.load_verdict(tmp_path / "run")
+    assert v["noise"]["sd"] == pytest.approx(spread) and v["noise"]["n"] == 3
+    (cand,) = [c for c in v["candidates"] if c["variant_id"] == best]
+    assert cand["confirmed"] and cand["p"] < 0.05 and cand["flagged"] is flagged
+    assert cli.main(["status", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "single-run leader:" in out and "seed-to-seed noise:" in out
+    if not flagged:
+        assert v["champion"]["variant_id"] == best
+        assert f"confirmed champion: {best}" in out
+        return
+    assert v["champion"] is None and cand["awaiting"]  # a jump far beyond the noise waits for a person
+    assert "FLAGGED" in out and "awaiting approval" in out
+    assert cli.main(["review", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert f"== {best} (awaiting approval; flagged" in out and "--- a/config.yaml" in out
+    not_rerun = next(v for v in ids if v not in {seed, parent, best})
+    assert cli.main(["approve", str(tmp_path / "run"), not_rerun]) == 2
+    assert "has no confirmation re-runs" in capsys.readouterr().err
+    assert cli.main(["approve", str(tmp_path / "run"), best[:6], "--note", "re-runs reproduce it"]) == 0
+    assert f"confirmed champion: {best}" in capsys.readouterr().out
+    assert confirm.load_verdict(tmp_path / "run")["champion"]["variant_id"] == best
