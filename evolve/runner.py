@@ -59,6 +59,14 @@ def seal(spec: Spec, run_dir: Path) -> dict[str, str]:
     return hashes
 
 
+def max_trials(spec: Spec) -> int:
+    """Returns the most trials a search runs: its budget, plus the confirmation re-runs at most
+    (the seed and `confirm.top` candidates with a parent each, `confirm.seeds` times); the
+    searcher ends the search sooner when it has fewer to re-run."""
+    c = spec.confirm
+    return spec.budget.trials + ((1 + 2 * c.top) * c.seeds if c.top else 0)
+
+
 def sandbox_policy(spec: Spec, run_dir: Path) -> dict | None:
     """Returns what every rank's sandbox hides and caps (see `evolve.sandbox`), or None without one.
 
@@ -187,7 +195,7 @@ def run_search(spec: Spec, run_dir: str | os.PathLike, log=print, verbose: int =
     def make_tuner():
         return tune.Tuner(
             tune.with_resources(trainable, TRIAL_RESOURCES),
-            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=spec.budget.trials,
+            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=max_trials(spec),
                                         max_concurrent_trials=spec.budget.concurrent, reuse_actors=True,
                                         scheduler=make_scheduler(spec)),
             run_config=tune.RunConfig(name="tune", storage_path=str(run_dir), verbose=verbose,
