@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from evolve import lineage
 from evolve.store import Store
 
 
@@ -60,6 +61,34 @@ class Population(pd.DataFrame):
         seeds = self[self["operator"] == "seed"]
         return None if seeds.empty else seeds.iloc[0]["variant_id"]
 
+    # -- the questions of evolve.lineage, asked of this population -------------------------
+    def ancestors(self, variant: str) -> set[str]:
+        return lineage.ancestors(self, resolve(self.run_dir, variant))
+
+    def descendants(self, variant: str) -> set[str]:
+        return lineage.descendants(self, resolve(self.run_dir, variant))
+
+    def path(self, variant: str = "best") -> list[dict]:
+        """The steps from the seed to `variant`: id, operator, rationale, fitness and diff of each."""
+        return lineage.path_to(self, variant)
+
+    def operator_stats(self) -> pd.DataFrame:
+        return lineage.operator_stats(self, self.mode)
+
+    def generation_stats(self) -> pd.DataFrame:
+        return lineage.generation_stats(self, self.mode)
+
+    def pareto_front(self, cost: str = "compute_seconds") -> pd.DataFrame:
+        """Fitness against `cost` ("compute_seconds": trial seconds times workers, or "llm_tokens")."""
+        return lineage.pareto_front(self, cost, self.mode, _workers(self.run_dir))
+
+    def curves(self, ids=None) -> pd.DataFrame:
+        return lineage.curves(self, ids)
+
+    def to_arrow(self):
+        """The population as an Arrow table (record, metrics and curve as JSON text)."""
+        return load_arrow(self.run_dir)
+
 
 def tokens_to_reach(curve, loss: float) -> float | None:
     """Returns the tokens at the first curve point whose dev loss is at most `loss`, or None."""
@@ -103,6 +132,25 @@ def load_population(run_dir: str | Path) -> Population:
     out.mode = _mode(run_dir)
     out.attrs["unreadable"] = store.unreadable
     return out
+
+
+def load_arrow(run_dir: str | Path):
+    """Returns the population as an Arrow table, one row a variant (the last result of each)."""
+    import pyarrow as pa
+
+    table = Store(run_dir).read_results()
+    ids = table.column("variant_id").to_pylist()
+    last = {v: i for i, v in enumerate(ids)}
+    return table if len(last) == len(ids) else table.take(pa.array(sorted(last.values())))
+
+
+def _workers(run_dir: Path) -> int:
+    import yaml
+
+    spec = Path(run_dir) / "spec.yaml"
+    if spec.is_file():
+        return int(((yaml.safe_load(spec.read_text()) or {}).get("trial") or {}).get("workers", 1))
+    return 1
 
 
 def resolve(run_dir: str | Path, prefix: str) -> str:
