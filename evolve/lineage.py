@@ -26,15 +26,20 @@ def _parents(pop: pd.DataFrame) -> dict[str, list[str]]:
     return {v: list(p) for v, p in zip(pop["variant_id"], pop["parent_ids"])}
 
 
+def _reach(edges: dict[str, list[str]], start: str) -> set[str]:
+    """Returns every node reachable from `start` along `edges` (not `start` itself unless on a cycle)."""
+    out, todo = set(), list(edges.get(start, []))
+    while todo:
+        n = todo.pop()
+        if n not in out:
+            out.add(n)
+            todo.extend(edges.get(n, []))
+    return out
+
+
 def ancestors(pop: pd.DataFrame, vid: str) -> set[str]:
     """Returns every variant `vid` descends from, through any parent."""
-    parents, out, todo = _parents(pop), set(), list(_parents(pop).get(vid, []))
-    while todo:
-        p = todo.pop()
-        if p not in out:
-            out.add(p)
-            todo.extend(parents.get(p, []))
-    return out
+    return _reach(_parents(pop), vid)
 
 
 def descendants(pop: pd.DataFrame, vid: str) -> set[str]:
@@ -43,13 +48,7 @@ def descendants(pop: pd.DataFrame, vid: str) -> set[str]:
     for v, ps in _parents(pop).items():
         for p in ps:
             children[p].append(v)
-    out, todo = set(), list(children.get(vid, []))
-    while todo:
-        c = todo.pop()
-        if c not in out:
-            out.add(c)
-            todo.extend(children.get(c, []))
-    return out
+    return _reach(children, vid)
 
 
 def _better(mode: str):
