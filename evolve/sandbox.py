@@ -118,7 +118,7 @@ def enter(policy: dict, on_exit) -> None:
     _check(_libc.unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID), "unshare (user, mount, pid)")
     _map_ids(uid, gid)
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
-    writable = [str(Path(w).resolve()) for w in policy.get("writable", [])]
+    writable = [str(Path(w).resolve()) for w in policy.get("writable", []) if os.path.isdir(w)]
     for w in writable:  # mounts of their own, made writable again below
         _mount(w, w, None, MS_BIND | MS_REC)
     if policy.get("hidden"):
