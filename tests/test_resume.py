@@ -34,6 +34,23 @@ def checkpointed_but_running(run):
     return out
 
 
+def checkpoint_time(run, vids):
+    """The latest time a checkpoint of one of `vids` was committed to Tune's storage."""
+    return max(p.stat().st_mtime for p in run.glob("tune/*/checkpoint_*/evolve_state.json")
+               if json.loads(p.read_text())["variant_id"] in vids)
+
+
+def snapshot_after(run, when, p, wait_s=60.0):
+    """Waits until Tune saves its experiment state after `when` (so the state knows the checkpoint)."""
+    deadline = time.time() + wait_s
+    while time.time() < deadline and p.poll() is None:
+        states = [s.stat().st_mtime for s in run.glob("tune/experiment_state-*.json")]
+        if states and max(states) > when:
+            return True
+        time.sleep(0.2)
+    return False
+
+
 def evolve(*args, **kw):
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "TUNE_GLOBAL_CHECKPOINT_S": "1"}
     launch = kw.get("launch", ["-m", "evolve.cli"])
@@ -99,8 +116,7 @@ def test_a_driver_killed_while_trials_train_resumes_without_loss_or_repeats(expe
         deadline, running = time.time() + 900, set()
         while time.time() < deadline and p.poll() is None and not running:
             candidates = checkpointed_but_running(run) if recorded(run) else set()
-            if candidates:
-                time.sleep(1.5)  # a Tune snapshot that knows the checkpoint (taken every second here)
+            if candidates and snapshot_after(run, checkpoint_time(run, candidates) + 2.0, p):
                 running = candidates & checkpointed_but_running(run)  # and the trial still trains
             time.sleep(0.2)
         assert p.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
