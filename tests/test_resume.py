@@ -24,8 +24,8 @@ def recorded(run):
 
 
 def checkpointed_but_running(run):
-    """Variants with a checkpoint in Tune's storage that are not recorded yet."""
-    done = set(recorded(run))
+    """Variants with a checkpoint in Tune's storage that have not finished (no kept result, no row)."""
+    done = set(recorded(run)) | {p.stem for p in (run / "kept").glob("*.json")}
     out = set()
     for state in run.glob("tune/*/checkpoint_*/evolve_state.json"):
         vid = json.loads(state.read_text())["variant_id"]
