@@ -151,7 +151,8 @@ def load_verdict(run_dir: str | Path) -> dict | None:
 def lines(v: dict | None) -> list[str]:
     """Returns the status lines of a verdict: seed noise, the confirmed champion, what awaits review."""
     if v is None:
-        return ["confirmed champion: none yet (no re-runs recorded)"]
+        return ["confirmed champion: none yet (no confirmation re-runs recorded: they start when the budget "
+                "is spent, unless confirm.top is 0)"]
     out, metric = [], v["metric"]
     n = v["noise"]
     if n:
