@@ -143,7 +143,7 @@ def load_verdict(run_dir: str | Path) -> dict | None:
     rows = Store(run_dir).read_results().to_pylist()
     seed_id = next((r["variant_id"] for r in rows if r["operator"] == "seed"), None)
     v = verdict(rows, reruns, approved(run_dir), seed_id, objective.get("mode", "min"), c.get("alpha", 0.05),
-                c.get("flag_sigmas", 4.0), c.get("approval", False))
+                c.get("flag_sigmas", 25.0), c.get("approval", False))
     v["metric"], v["alpha"] = objective.get("metric", "fitness"), c.get("alpha", 0.05)
     return v
 

@@ -129,7 +129,8 @@ def test_after_the_budget_the_top_candidate_is_rerun_and_confirmed(experiment, t
 
     from evolve import cli, confirm
 
-    s, store = make(experiment, tmp_path, "budget.trials=4", "confirm.top=1", "confirm.seeds=3")
+    s, store = make(experiment, tmp_path, "budget.trials=4", "confirm.top=1", "confirm.seeds=3",
+                    "confirm.flag_sigmas=4.0")
     (tmp_path / "run" / "spec.yaml").write_text(yaml.safe_dump(s.spec.to_dict()))
     single = [3.0, 2.9, 2.95, 2.7]
     ids = []
