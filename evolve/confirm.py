@@ -43,11 +43,20 @@ def plan(rows: list[dict], seed_id: str, mode: str, top: int, seeds: list[int]) 
     return [(vid, s) for vid in chosen for s in seeds]
 
 
+def rerun_key(vid: str, seed: int) -> str:
+    """Names a re-run: its record, its kept result and its trial folder."""
+    return f"{vid}-s{seed}"
+
+
+def recorded(run_dir: str | Path, vid: str, seed: int) -> bool:
+    return (Path(run_dir) / FOLDER / f"{rerun_key(vid, seed)}.json").exists()
+
+
 def record(run_dir: str | Path, vid: str, seed: int, outcome: dict) -> None:
     """Keeps one re-run's outcome in confirmations/<variant>-s<seed>.json, atomically."""
     row = {"variant_id": vid, "seed": seed, "status": outcome["status"], "fitness": outcome.get("fitness"),
            "failure_reason": outcome.get("failure_reason")}
-    atomic_write(Path(run_dir) / FOLDER / f"{vid}-s{seed}.json", json.dumps(row).encode())
+    atomic_write(Path(run_dir) / FOLDER / f"{rerun_key(vid, seed)}.json", json.dumps(row).encode())
 
 
 def read(run_dir: str | Path) -> dict[str, list[float]]:

@@ -148,14 +148,13 @@ class EvolveSearcher(Searcher):
             n = len({v for v, _ in self.confirm_plan})
             self.log(f"evolve: confirming: {len(self.confirm_plan)} re-runs of {n} variants (the seed, the top "
                      f"{c.top} and their parents) with seeds {', '.join(map(str, seeds))}")
-        done = self.store.root / confirm.FOLDER
-        while self.confirm_plan and (done / f"{self.confirm_plan[0][0]}-s{self.confirm_plan[0][1]}.json").exists():
+        while self.confirm_plan and confirm.recorded(self.store.root, *self.confirm_plan[0]):
             self.confirm_plan.pop(0)  # recorded before a resume
         if not self.confirm_plan:
             return Searcher.FINISHED
         vid, seed = self.confirm_plan.pop(0)
         self.confirm_live[trial_id] = (vid, seed)
-        key = f"{vid}-s{seed}"
+        key = confirm.rerun_key(vid, seed)
         config = self._trial_config(vid, trial_id)
         return {**config, "seed": seed, "confirm": True, "trial_key": key, "checkpoint_tokens": 0,
                 "out_dir": str(Path(config["out_dir"]).parent / key)}

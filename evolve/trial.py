@@ -156,7 +156,7 @@ def report_point(point: dict, end_time: bool = True) -> None:
 
 
 def read_kept_result(path: Path) -> dict | None:
-    """Returns the final result a trial kept in its folder, or None (none, or unreadable: train again)."""
+    """Returns the final result a trial kept in kept/, or None (none, or unreadable: train again)."""
     try:
         result = json.loads(path.read_text())
     except (OSError, ValueError):
