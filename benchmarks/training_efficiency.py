@@ -62,14 +62,14 @@ def main() -> None:
     pop = load_population(run_dir)
     pop = pop.sort_values("finished_at").reset_index(drop=True)
     seed_row = pop[pop["operator"] == "seed"].iloc[0]
-    seed_curve = list(seed_row["curve"])
+    seed_curve = pop.curve(seed_row["variant_id"])
     print(f"seed: final dev loss {seed_curve[-1][2]:.4f} after {seed_curve[-1][0]:,.0f} tokens, "
           f"held-out {seed_row['fitness']:.4f}")
     best, first_at, ratios = None, None, []
     for cycle, row in enumerate(pop.itertuples(), start=1):
         if row.status == "completed" and (best is None or row.fitness < best.fitness):
             best = row
-        ratio = efficiency_ratio(list(best.curve), seed_curve) if best is not None else None
+        ratio = efficiency_ratio(pop.curve(best.variant_id), seed_curve) if best is not None else None
         ratios.append((cycle, best, ratio))
         if first_at is None and ratio is not None and ratio <= args.aim:
             first_at = cycle

@@ -1,4 +1,4 @@
-"""The `evolve` command: run, resume, status, show, checkout."""
+"""The `evolve` command: run, resume, status, show, checkout, review, approve, export-git, report."""
 
 from __future__ import annotations
 
@@ -85,26 +85,27 @@ def _finish(run_dir: str, trials: int) -> int:
     return 0
 
 
-def cmd_status(args) -> int:
-    pop = _population(args.run_dir)
-    counts = pop["status"].value_counts().to_dict() if not pop.empty else {}
-    print(f"run: {args.run_dir}")
-    print("by status: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none yet"))
-    train = pop["train_seconds"].fillna(0).sum() if not pop.empty else 0.0
-    trial = pop["trial_seconds"].fillna(0).sum() if not pop.empty else 0.0
-    print(f"cost: {trial:.0f} trial-seconds, {train:.0f} of them training; "
-          f"{int(pop['tokens_trained'].fillna(0).sum()) if not pop.empty else 0:,} tokens trained")
-    print(f"lineage depth: {pop.depth()}")
+def status_lines(run_dir: str, pop=None) -> list[str]:
+    """Returns the run's state: counts by status, cost, depth, the agent, the leader and the champion."""
+    from evolve import confirm
     from evolve.analysis import agent_lines
 
-    for line in agent_lines(args.run_dir):
-        print(line)
-    for line in summary_lines(args.run_dir, pop)[1:2]:  # best so far, against the seed
-        print(line.replace("best:", "single-run leader:", 1))
-    from evolve import confirm
+    pop = _population(run_dir) if pop is None else pop
+    counts = pop["status"].value_counts().to_dict() if not pop.empty else {}
+    train = pop["train_seconds"].fillna(0).sum() if not pop.empty else 0.0
+    trial = pop["trial_seconds"].fillna(0).sum() if not pop.empty else 0.0
+    lines = [f"run: {run_dir}",
+             "by status: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none yet"),
+             f"cost: {trial:.0f} trial-seconds, {train:.0f} of them training; "
+             f"{int(pop['tokens_trained'].fillna(0).sum()) if not pop.empty else 0:,} tokens trained",
+             f"lineage depth: {pop.depth()}"]
+    lines += agent_lines(run_dir)
+    lines += [ln.replace("best:", "single-run leader:", 1) for ln in summary_lines(run_dir, pop)[1:2]]
+    return lines + confirm.lines(confirm.load_verdict(run_dir))
 
-    for line in confirm.lines(confirm.load_verdict(args.run_dir)):
-        print(line)
+
+def cmd_status(args) -> int:
+    print("\n".join(status_lines(args.run_dir)))
     return 0
 
 
@@ -199,7 +200,7 @@ def cmd_show(args) -> int:
         print(f"fitness: {fmt(r['fitness'])}  metrics: {json.dumps(r['metrics'], sort_keys=True)}")
         print(f"train {fmt(r['train_seconds'], 1)} s of {fmt(r['trial_seconds'], 1)} s; "
               f"tokens {int(r['tokens_trained']) if r['tokens_trained'] == r['tokens_trained'] else '-'}")
-        curve = r["curve"]
+        curve = pop.curve(vid)
         step = max(1, -(-len(curve) // 8))  # at most about 8 points, the last always
         for tokens, train_loss, dev_loss in curve[::-1][::step][::-1]:
             print(f"  curve tokens {tokens:>9,}  train {train_loss:.4f}  dev {dev_loss:.4f}")
@@ -229,6 +230,13 @@ def cmd_export_git(args) -> int:
     out = export_git(args.run_dir, args.dir)
     champion = f"; main is the champion {out['champion']}" if out["champion"] else ""
     print(f"wrote {out['variants']} variants as commits to {args.dir} (a tag per variant id){champion}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from evolve.report import write_report
+
+    print(f"wrote {write_report(args.run_dir, args.out)}")
     return 0
 
 
@@ -275,6 +283,10 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("run_dir", type=_existing_run)
     g.add_argument("dir", help="a new (or empty) folder for the repository")
     g.set_defaults(func=cmd_export_git)
+    rp = sub.add_parser("report", help="write a self-contained HTML report: figures, tables, the champion's lineage")
+    rp.add_argument("run_dir", type=_existing_run)
+    rp.add_argument("-o", "--out", help="the HTML file to write (default RUN/report.html)")
+    rp.set_defaults(func=cmd_report)
     return p
 
 

@@ -16,14 +16,37 @@ folder, except `path_to`, which reads the diffs from the store:
 
 from __future__ import annotations
 
-import math
+import json
 from collections import defaultdict
 
+import numpy as np
 import pandas as pd
 
 
 def _parents(pop: pd.DataFrame) -> dict[str, list[str]]:
-    return {v: list(p) for v, p in zip(pop["variant_id"], pop["parent_ids"])}
+    return {v: p if isinstance(p, list) else list(p)
+            for v, p in zip(pop["variant_id"].tolist(), pop["parent_ids"].tolist())}
+
+
+def _first_parent_index(pop: pd.DataFrame) -> np.ndarray:
+    """For each row, the row of its first parent, or -1 (the seed, or a parent not in the table)."""
+    row = {v: i for i, v in enumerate(pop["variant_id"].tolist())}
+    return np.fromiter((row.get(p[0], -1) if len(p) else -1 for p in pop["parent_ids"].tolist()),
+                       dtype=np.int64, count=len(pop))
+
+
+def generations(pop: pd.DataFrame) -> np.ndarray:
+    """Each row's depth along first parents from a root (the seed, or a variant whose parent is unknown)."""
+    up = _first_parent_index(pop)
+    depth = (up >= 0).astype(np.int64)
+    for _ in range(64):  # pointer jumping: each round doubles how far every row has looked up
+        live = up >= 0
+        if not live.any():
+            return depth
+        hop = up[live]
+        depth[live] += depth[hop]
+        up[live] = up[hop]
+    raise ValueError("population: a cycle among first parents")
 
 
 def _reach(edges: dict[str, list[str]], start: str) -> set[str]:
@@ -51,44 +74,25 @@ def descendants(pop: pd.DataFrame, vid: str) -> set[str]:
     return _reach(children, vid)
 
 
-def _better(mode: str):
-    return (lambda a, b: a < b) if mode == "min" else (lambda a, b: a > b)
-
-
-def _finite(x) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
-
-
 def improvements(pop: pd.DataFrame, mode: str = "min") -> pd.DataFrame:
     """Returns, per variant with a parent: operator, generation, fitness, its first parent's, and whether it improved."""
-    fit = dict(zip(pop["variant_id"], pop["fitness"]))
-    parents = _parents(pop)
-    gen: dict[str, int] = {}
-
-    def generation(v: str) -> int:
-        if v not in gen:
-            ps = parents.get(v, [])
-            gen[v] = 0 if not ps or ps[0] not in parents else generation(ps[0]) + 1
-        return gen[v]
-
-    better, rows = _better(mode), []
-    for v, op, ps in zip(pop["variant_id"], pop["operator"], pop["parent_ids"]):
-        if len(ps) == 0:
-            continue
-        f, pf = fit.get(v), fit.get(ps[0])
-        improved = _finite(f) and _finite(pf) and better(f, pf)
-        gain = (pf - f if mode == "min" else f - pf) if _finite(f) and _finite(pf) else None
-        rows.append({"variant_id": v, "operator": op, "generation": generation(v), "fitness": f,
-                     "parent_fitness": pf, "improved": bool(improved), "gain": gain})
-    return pd.DataFrame(rows, columns=["variant_id", "operator", "generation", "fitness", "parent_fitness",
-                                       "improved", "gain"])
+    parent = _first_parent_index(pop)
+    fit = pd.to_numeric(pop["fitness"], errors="coerce").to_numpy(dtype=float)
+    pfit = np.where(parent >= 0, fit[np.maximum(parent, 0)], np.nan)
+    has_parent = np.fromiter((len(p) > 0 for p in pop["parent_ids"].tolist()), dtype=bool, count=len(pop))
+    gain = pfit - fit if mode == "min" else fit - pfit  # NaN unless both are finite
+    gain[~(np.isfinite(fit) & np.isfinite(pfit))] = np.nan
+    out = pd.DataFrame({"variant_id": pop["variant_id"].to_numpy(), "operator": pop["operator"].to_numpy(),
+                        "generation": generations(pop), "fitness": fit, "parent_fitness": pfit,
+                        "improved": np.nan_to_num(gain, nan=0.0) > 0, "gain": gain})
+    return out[has_parent].reset_index(drop=True)
 
 
 def _rates(df: pd.DataFrame, by: str) -> pd.DataFrame:
     if df.empty:
         return pd.DataFrame(columns=[by, "children", "completed", "improved", "improve_rate", "mean_gain"])
     g = df.groupby(by)
-    out = pd.DataFrame({"children": g.size(), "completed": g["fitness"].apply(lambda s: s.map(_finite).sum()),
+    out = pd.DataFrame({"children": g.size(), "completed": g["fitness"].count(),
                         "improved": g["improved"].sum(), "mean_gain": g["gain"].mean()})
     out["improve_rate"] = out["improved"] / out["children"]
     return out.reset_index()[[by, "children", "completed", "improved", "improve_rate", "mean_gain"]]
@@ -122,13 +126,11 @@ def pareto_front(pop: pd.DataFrame, cost: str = "compute_seconds", mode: str = "
                  workers: int = 1) -> pd.DataFrame:
     """Returns the completed variants no other beats on both fitness and `cost`, cheapest first."""
     c = costs(pop, workers)
-    c = c[c["fitness"].map(_finite)].sort_values([cost, "fitness"], ascending=[True, mode == "min"])
-    better, front, best = _better(mode), [], None
-    for _, row in c.iterrows():
-        if best is None or better(row["fitness"], best):
-            front.append(row)
-            best = row["fitness"]
-    return pd.DataFrame(front, columns=c.columns).reset_index(drop=True)
+    c = c[np.isfinite(pd.to_numeric(c["fitness"], errors="coerce").to_numpy(dtype=float))]
+    c = c.sort_values([cost, "fitness"], ascending=[True, mode == "min"], kind="stable")
+    score = c["fitness"].to_numpy(dtype=float) * (1 if mode == "min" else -1)  # lower is better
+    before = np.concatenate([[np.inf], np.minimum.accumulate(score)[:-1]])
+    return c[score < before].reset_index(drop=True)
 
 
 def curves(pop: pd.DataFrame, ids=None) -> pd.DataFrame:
@@ -136,7 +138,7 @@ def curves(pop: pd.DataFrame, ids=None) -> pd.DataFrame:
     chosen = set(ids) if ids is not None else None
     rows = [{"variant_id": v, "tokens": p[0], "train_loss": p[1], "dev_loss": p[2]}
             for v, curve in zip(pop["variant_id"], pop["curve"]) if chosen is None or v in chosen
-            for p in (curve or [])]
+            for p in ((json.loads(curve) if isinstance(curve, str) else curve) or [])]
     return pd.DataFrame(rows, columns=["variant_id", "tokens", "train_loss", "dev_loss"])
 
 

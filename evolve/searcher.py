@@ -268,6 +268,7 @@ class EvolveSearcher(Searcher):
     def _record(self, vid: str, trial_id: str, outcome: dict) -> None:
         row = result_row(self.variants[vid], trial_id, outcome)
         self.store.append_result(row)  # durable before the searcher counts it
+        self.store.compact()  # one merged file per COMPACT_AT results keeps a large population quick to load
         self._count(vid, row)
         self.log(self._result_line(vid, outcome))
         if self.llm is not None:

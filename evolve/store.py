@@ -5,6 +5,7 @@ Layout of a run directory:
     objects/ab/cdef...        every file version, named by its SHA-256
     variants/<id>.json        a variant's manifest (files, parents, operator record)
     population/<seq>-<id>.parquet   one result row per finished trial, append-only
+    population/compacted.parquet    the rows of older parts, merged (`Store.compact`)
 
 Every write goes to a temporary file first and is renamed into place, so a
 reader never sees half a file and a crash never leaves one.
@@ -79,6 +80,10 @@ def parsed(row: dict) -> dict:
         if isinstance(row[key], str):
             row[key] = json.loads(row[key])
     return row
+
+
+COMPACTED = "compacted.parquet"
+COMPACT_AT = 512  # loose result parts that trigger a merge into compacted.parquet
 
 
 class Store:
@@ -173,12 +178,26 @@ class Store:
         atomic_write(path, sink.getvalue().to_pybytes())
         return path
 
+    def _parts(self) -> list[Path]:
+        """The loose result parts, oldest first (their names start with the write time)."""
+        return sorted(p for p in self.population.glob("*.parquet") if p.name != COMPACTED)
+
     def result(self, vid: str) -> dict | None:
         """Returns the recorded result row of variant `vid` (JSON columns parsed), or None."""
-        parts = sorted(self.population.glob(f"*-{vid}.parquet"))
-        if not parts:
-            return None
-        return parsed(pq.read_table(parts[0], schema=RESULT_SCHEMA).to_pylist()[0])
+        for _ in range(3):
+            parts = sorted(self.population.glob(f"*-{vid}.parquet"))
+            if parts:
+                try:
+                    return parsed(pq.read_table(parts[0], schema=RESULT_SCHEMA).to_pylist()[0])
+                except FileNotFoundError:
+                    continue  # compacted since the listing: look again
+            # parts are removed only after compacted.parquet holds their rows
+            merged = self.population / COMPACTED
+            if not merged.is_file():
+                return None
+            rows = pq.read_table(merged, schema=RESULT_SCHEMA, filters=[("variant_id", "==", vid)]).to_pylist()
+            return parsed(rows[0]) if rows else None
+        return None
 
     def read_results(self) -> pa.Table:
         """Returns every readable result row, oldest first.
@@ -186,11 +205,52 @@ class Store:
         A part that cannot be read (truncated or corrupt on disk) is left
         out; `self.unreadable` then names it with the reason, one line each.
         """
+        for _ in range(5):  # a concurrent compaction moved parts we listed: read again
+            try:
+                return self._read_results()
+            except FileNotFoundError:
+                continue
+        return self._read_results()
+
+    def _read_results(self) -> pa.Table:
         tables, self.unreadable = [], []
-        for part in sorted(self.population.glob("*.parquet")):
+        merged = self.population / COMPACTED
+        if merged.is_file():
+            tables.append(pq.read_table(merged, schema=RESULT_SCHEMA))
+        for part in self._parts():
             try:
                 tables.append(pq.read_table(part, schema=RESULT_SCHEMA))
+            except FileNotFoundError:
+                raise  # compacted since the listing: read_results reads again
             except (OSError, pa.ArrowException) as e:
                 reason = " ".join(str(e).split())[:200]
                 self.unreadable.append(f"population/{part.name} is unreadable ({reason}); left out")
         return pa.concat_tables(tables) if tables else RESULT_SCHEMA.empty_table()
+
+    def compact(self, at: int = COMPACT_AT) -> int:
+        """Merges the loose result parts into compacted.parquet once there are `at` of them.
+
+        Returns how many parts were merged (0 below `at`). The merged file
+        is written whole and renamed into place before any part is removed,
+        so a crash in between leaves rows twice, never lost (readers keep
+        the last row of a variant). An unreadable part stays where it is.
+        Only the driver, the one writer of population/, calls this.
+        """
+        parts = self._parts()
+        if len(parts) < at:
+            return 0
+        merged = self.population / COMPACTED
+        tables = [pq.read_table(merged, schema=RESULT_SCHEMA)] if merged.is_file() else []
+        taken = []
+        for part in parts:
+            try:
+                tables.append(pq.read_table(part, schema=RESULT_SCHEMA))
+                taken.append(part)
+            except (OSError, pa.ArrowException):
+                continue  # read_results names it; it is not ours to delete
+        sink = pa.BufferOutputStream()
+        pq.write_table(pa.concat_tables(tables), sink, row_group_size=64 * 1024)
+        atomic_write(merged, sink.getvalue().to_pybytes())
+        for part in taken:
+            part.unlink()
+        return len(taken)

@@ -44,3 +44,37 @@ def tiny_model(tmp_path_factory):
                         pad_token_id=fast.pad_token_id)
     GPT2LMHeadModel(config).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture
+def small_run(tmp_path):
+    """A run folder of six variants with results, no search behind it:
+
+    seed 3.0 -> a 2.8 (perturb) -> c 2.6 (llm, 900 tokens) and d failed (llm);
+    seed -> b 3.1 (perturb); a + b -> e 2.7 (crossover)."""
+    from evolve.store import Store
+    from evolve.variant import Variant
+
+    root = tmp_path / "run"
+    store = Store(root)
+    (root / "spec.yaml").write_text("objective: {metric: heldout_loss, mode: min}\ntrial: {workers: 2}\n")
+    made = {}
+
+    def add(name, parents, op, fitness, seconds, tokens=0):
+        v = Variant(files=store.put_files({"config.yaml": f"name: {name}\n".encode()}),
+                    parents=tuple(made[p].id for p in parents), operator=op,
+                    record={"kind": op, "rationale": f"make {name} <fast> & safe", "prompt_tokens": tokens, "completion_tokens": 0})
+        store.put_variant(v)
+        store.append_result({"variant_id": v.id, "parent_ids": list(v.parents), "operator": op, "record": v.record,
+                             "status": "completed" if fitness else "failed", "fitness": fitness,
+                             "metrics": {}, "curve": [[1000, 4.0, 3.9], [2000, 3.5, fitness or 9.0]],
+                             "trial_seconds": seconds})
+        made[name] = v
+
+    add("seed", [], "seed", 3.0, 10.0)
+    add("a", ["seed"], "perturb", 2.8, 12.0)
+    add("b", ["seed"], "perturb", 3.1, 8.0)
+    add("c", ["a"], "llm", 2.6, 30.0, 900)
+    add("d", ["a"], "llm", None, 1.0, 500)
+    add("e", ["a", "b"], "crossover", 2.7, 11.0)
+    return root, {k: v.id for k, v in made.items()}

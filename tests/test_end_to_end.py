@@ -53,7 +53,7 @@ def test_population_is_complete_and_consistent(search):
         assert set(row["parent_ids"]) <= known
         if row["operator"] != "seed":
             assert row["record"]["changes"], row["record"]
-        assert row["curve"] and row["tokens_trained"] == 8192
+        assert pop.curve(row["variant_id"])[-1][0] == 8192 and row["tokens_trained"] == 8192
         assert row["first_step_at"] >= row["started_at"] and row["finished_at"] >= row["last_step_at"]
     # one line per finished variant, each naming its id and the best so far
     finished = [ln for ln in lines if ln.startswith("[") and not ln.startswith("[confirm]")]
@@ -95,6 +95,32 @@ def test_cli_status_show_checkout(search, tmp_path, capsys):
     files = Store(run_dir).read_files(Store(run_dir).get_variant(child))
     assert {p: (tmp_path / "co" / p).read_bytes() for p in files} == files
     assert cli.main(["show", str(run_dir), "zzzz"]) == 2
+
+
+def test_the_notebook_runs_from_a_clean_kernel_over_the_run(search, tmp_path, monkeypatch):
+    import nbformat
+    from jupyter_client import KernelManager
+    from nbclient import NotebookClient
+
+    run_dir, _ = search
+    nb = nbformat.read(Path(__file__).parents[1] / "notebooks" / "population.ipynb", as_version=4)
+    monkeypatch.setenv("EVOLVE_RUN", str(run_dir))
+    km = KernelManager(kernel_name="python3", transport="ipc", ip=str(tmp_path / "kernel"))  # no TCP port
+    NotebookClient(nb, km=km, timeout=300, resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.output_type == "error"]
+    pngs = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(pngs) == 4  # best so far, lineage tree, learning curves, operator rates
+    text = "".join(o.get("text", "") for o in outputs)
+    assert "4 variants in" in text and "--- a/config.yaml" in text and "confirmed champion:" in text
+
+
+def test_cli_report_of_a_real_run(search, tmp_path, capsys):
+    run_dir, _ = search
+    assert cli.main(["report", str(run_dir), "-o", str(tmp_path / "r.html")]) == 0
+    page = (tmp_path / "r.html").read_text()
+    assert page.count('src="data:image/png;base64,') == 4 and "confirmed champion:" in page
+    assert Store(run_dir).resolve(load_population(run_dir).best_id()) in page
 
 
 def _trainable_of(config):  # shipped to workers by value: tests/ is not a package there
@@ -329,6 +355,6 @@ def test_asha_stops_weak_trials_and_frees_their_slots(ray_cluster, tmp_path):
     assert len(stopped) >= 1
     for _, row in stopped.iterrows():
         assert row["failure_reason"].startswith("stopped early by the scheduler at ")
-        assert row["curve"] and row["tokens_trained"] < 32768 and row["fitness"] != row["fitness"]
+        assert pop.curve(row["variant_id"]) and row["tokens_trained"] < 32768 and row["fitness"] != row["fitness"]
     assert any("STOPPED" in ln for ln in lines)
     assert (pop[pop["status"] == "completed"]["tokens_trained"] == 32768).all()
