@@ -144,7 +144,7 @@ def load_population(run_dir: str | Path) -> Population:
     has millions of points): `Population.curve(id)` parses one, and
     `Population.curves(ids)` returns chosen ones as one long table.
     """
-    run_dir = Path(run_dir)
+    run_dir = _local(run_dir)
     if not (run_dir / "population").is_dir():
         raise FileNotFoundError(f"{run_dir}: not a run directory (no population/ folder)")
     store = Store(run_dir)
@@ -171,7 +171,14 @@ def _last_of_each(table):
 
 def load_arrow(run_dir: str | Path):
     """Returns the population as an Arrow table, one row a variant (the last result of each)."""
-    return _last_of_each(Store(run_dir).read_results())
+    return _last_of_each(Store(_local(run_dir)).read_results())
+
+
+def _local(run_dir: str | Path) -> Path:
+    """The run folder to read: a cloud URI (s3://, gs://) is fetched into its local copy first."""
+    from evolve import storage
+
+    return storage.open_run(run_dir)[0] if storage.is_uri(run_dir) else Path(run_dir)
 
 
 def workers_per_trial(run_dir: Path) -> int:

@@ -53,22 +53,32 @@ def summary_lines(run_dir: str, pop=None) -> list[str]:
 
 
 def cmd_run(args) -> int:
+    from evolve import storage
     from evolve.config import load_spec
     from evolve.runner import run_search
 
     spec = load_spec(args.experiment, args.overrides)
-    args.resumable = run_dir = str(Path(args.run_dir or Path("runs") / spec.name).resolve())
-    run_search(spec, run_dir)
-    return _finish(run_dir, spec.budget.trials)
+    target = args.run_dir or str(Path("runs") / spec.name)
+    if storage.is_uri(target) and storage.Mirror(storage.local_copy(target), target).exists("spec.yaml"):
+        raise SpecError(f"--run-dir: {target!r} already holds a search; "
+                        f"choose another folder, or continue it with: evolve resume {target}")
+    args.resumable = target if storage.is_uri(target) else str(Path(target).resolve())
+    with storage.session(target, fresh=True) as local:
+        run_dir = str(Path(local).resolve())
+        run_search(spec, run_dir)
+        return _finish(run_dir, spec.budget.trials)
 
 
 def cmd_resume(args) -> int:
+    from evolve import storage
     from evolve.config import load_run_spec
     from evolve.runner import resume_search
 
-    args.resumable = run_dir = str(Path(args.run_dir).resolve())
-    resume_search(run_dir)
-    return _finish(run_dir, load_run_spec(run_dir).budget.trials)
+    args.resumable = args.run_dir if storage.is_uri(args.run_dir) else str(Path(args.run_dir).resolve())
+    with storage.session(args.run_dir) as local:
+        run_dir = str(Path(local).resolve())
+        resume_search(run_dir)
+        return _finish(run_dir, load_run_spec(run_dir).budget.trials)
 
 
 def _finish(run_dir: str, trials: int) -> int:
@@ -241,6 +251,10 @@ def cmd_report(args) -> int:
 
 
 def _existing_run(path: str) -> str:
+    from evolve import storage
+
+    if storage.is_uri(path):
+        return path  # looked at once it is fetched
     if not (Path(path) / "population").is_dir():
         raise argparse.ArgumentTypeError(f"{path!r} is not a run directory (no population/ folder)")
     return path
@@ -290,15 +304,31 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _in_storage(args) -> int:
+    """Runs a command on a run folder in cloud storage: fetched first, what it writes sent back."""
+    from evolve import storage
+
+    if args.command in ("run", "resume") or not storage.is_uri(getattr(args, "run_dir", None) or ""):
+        return args.func(args)
+    with storage.session(args.run_dir) as local:
+        if not (local / "population").is_dir():
+            raise FileNotFoundError(f"{args.run_dir}: not a run directory (no population/ folder)")
+        args.run_dir = str(local)
+        return args.func(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # local Ray on loopback
     args = parser().parse_args(argv)
     try:
-        return args.func(args)
+        return _in_storage(args)
     except (SpecError, KeyError, FileNotFoundError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"evolve: error: {msg}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except OSError as e:  # cloud storage unreachable, refused, or no credentials
+        print(f"evolve: error: {' '.join(str(e).split())[:300]}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         resumable = getattr(args, "resumable", None)
         hint = f"; continue it with: evolve resume {shlex.quote(resumable)}" if resumable else ""

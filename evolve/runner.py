@@ -19,7 +19,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import yaml
 
-from evolve import zygote
+from evolve import storage, zygote
 from evolve.config import Spec, SpecError, model_entries
 from evolve.evaluation import load_module
 from evolve.governance import hash_files, sealed_paths
@@ -105,9 +105,15 @@ def init_ray(spec: Spec, num_cpus: int | None = None) -> None:
         return
     kwargs = {"runtime_env": {"env_vars": worker_env(spec)}, "include_dashboard": False,
               "log_to_driver": os.environ.get("EVOLVE_RAY_LOGS", "0") == "1"}
-    if not os.environ.get("RAY_ADDRESS") and num_cpus:
+    address = os.environ.get("RAY_ADDRESS")
+    if not address and num_cpus:
         kwargs["num_cpus"] = num_cpus
-    ray.init(**kwargs)
+    try:
+        ray.init(**kwargs)
+    except ConnectionError as e:
+        raise SpecError(f"ray: cannot join the cluster at RAY_ADDRESS={address!r} "
+                        f"({' '.join(str(e).split())[:160]}); start one (ray start --head, ray up) "
+                        f"or unset RAY_ADDRESS for a local one") from None
 
 
 def prepare_run(spec: Spec, run_dir: Path) -> tuple[dict, dict]:
@@ -116,6 +122,7 @@ def prepare_run(spec: Spec, run_dir: Path) -> tuple[dict, dict]:
     atomic_write(run_dir / "spec.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False).encode())
     meta = prepare_data(spec, run_dir)
     sealed = seal(spec, run_dir)
+    storage.sync(run_dir)  # a run folder in cloud storage has its data there before any trial
     walls = sandbox_policy(spec, run_dir)
     if spec.trial.gpus_per_worker == 0:
         load_cpu_comm_op()  # built once here, before trials race to

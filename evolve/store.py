@@ -22,6 +22,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from evolve import storage
 from evolve.variant import Variant, content_hash
 
 # One row per finished trial. Nested data (operator record, learning curve,
@@ -53,11 +54,13 @@ RESULT_SCHEMA = pa.schema([
 ])
 
 
-def atomic_write(path: Path, data: bytes, durable: bool = True) -> None:
+def atomic_write(path: Path, data: bytes, durable: bool = True, mirror: bool = True) -> None:
     """Writes `data` to `path` through a temporary file and a rename.
 
     `durable` flushes the file to disk before the rename (a record); files
     that can be made again from the store (a materialised variant) skip it.
+    When the run folder is mirrored to cloud storage (`evolve.storage`), the
+    file is uploaded before this returns (`mirror=False`: it came from there).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -72,6 +75,8 @@ def atomic_write(path: Path, data: bytes, durable: bool = True) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    if mirror:
+        storage.written(path)
 
 
 def parsed(row: dict) -> dict:
@@ -253,4 +258,5 @@ class Store:
         atomic_write(merged, sink.getvalue().to_pybytes())
         for part in taken:
             part.unlink()
+            storage.removed(part)  # from the bucket too, now that the merged file is there
         return len(taken)

@@ -78,3 +78,50 @@ def small_run(tmp_path):
     add("d", ["a"], "llm", None, 1.0, 500)
     add("e", ["a", "b"], "crossover", 2.7, 11.0)
     return root, {k: v.id for k, v in made.items()}
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """An S3-compatible server (moto's server mode) on 127.0.0.1 with one bucket, "runs".
+
+    Sets the environment pyarrow reads (endpoint, fake keys, region) for
+    the whole session's processes; yields the endpoint URL.
+    """
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import pyarrow.fs as pafs
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(tmp_path_factory.mktemp("s3") / "moto.log", "wb")
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=log, stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+    before = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.time() > deadline or server.poll() is not None:
+                    raise RuntimeError(f"moto server did not start on port {port}")
+                time.sleep(0.2)
+        pafs.S3FileSystem(endpoint_override=endpoint, allow_bucket_creation=True).create_dir("runs")
+        yield endpoint
+    finally:
+        server.kill()
+        server.wait()
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -131,7 +131,7 @@ def test_a_driver_killed_while_trials_train_resumes_without_loss_or_repeats(expe
     # budget, and its record holds the whole curve
     resumed = [v for v in running if v in rows.index and rows.loc[v, "tokens_trained"] <= BUDGET - CKPT]
     assert resumed, rows.loc[list(running & set(rows.index)), ["tokens_trained"]]
-    curve = rows.loc[resumed[0], "curve"]
+    curve = pop.curve(resumed[0])
     assert curve[0][0] < CKPT and curve[-1][0] >= BUDGET - 2048
 
 

@@ -96,8 +96,8 @@ def test_a_trial_restored_from_a_checkpoint_keeps_its_whole_curve(experiment, tm
     outcome = {"status": "completed", "fitness": 2.9, "summary": {
         "curve": [[3072, 3.3, 3.2], [4096, 3.1, 3.0]], "resumed_at_tokens": 2048, "tokens_trained": 2048}}
     s.on_trial_complete("t0", {"result_json": json.dumps(outcome)})
-    row = load_population(tmp_path / "run").set_index("variant_id").loc[cfg["variant_id"]]
-    assert [p[0] for p in row["curve"]] == [1024, 2048, 3072, 4096]
+    curve = load_population(tmp_path / "run").curve(cfg["variant_id"])
+    assert [p[0] for p in curve] == [1024, 2048, 3072, 4096]
 
 
 def test_restore_takes_in_results_recorded_after_the_snapshot_once(experiment, tmp_path):

@@ -1,0 +1,194 @@
+"""Run folders in S3-compatible storage: a real server on 127.0.0.1, spoken to over the wire."""
+
+import os
+import shutil
+import signal
+import time
+import uuid
+
+import pyarrow.fs as pafs
+import pytest
+
+from evolve import storage
+from evolve.analysis import load_population
+from evolve.store import Store, atomic_write
+from evolve.variant import Variant
+
+
+@pytest.fixture
+def uri(s3, tmp_path, monkeypatch):
+    monkeypatch.setenv("EVOLVE_CACHE", str(tmp_path / "cache"))
+    return f"s3://runs/t/{uuid.uuid4().hex[:8]}"
+
+
+def remote(uri):
+    fs, base = pafs.FileSystem.from_uri(uri)
+    info = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+    return {i.path[len(base) + 1:]: i for i in info if i.type == pafs.FileType.File}
+
+
+def read_remote(uri, rel):
+    fs, base = pafs.FileSystem.from_uri(uri)
+    with fs.open_input_stream(f"{base}/{rel}") as f:
+        return f.read()
+
+
+def _result(store, i):
+    v = Variant(files=store.put_files({"config.yaml": f"lr: {i}\n".encode()}), operator="perturb")
+    store.put_variant(v)
+    store.append_result({"variant_id": v.id, "parent_ids": [], "operator": "perturb", "record": {"i": i},
+                         "status": "completed", "fitness": 3.0 - i / 10, "curve": [[i, 2.0, 3.0]]})
+    return v.id
+
+
+def test_uris_and_their_local_copies(tmp_path, monkeypatch):
+    monkeypatch.setenv("EVOLVE_CACHE", str(tmp_path))
+    assert storage.is_uri("s3://b/k") and storage.is_uri("gs://b/k")
+    assert not storage.is_uri("runs/x") and not storage.is_uri("/abs/x") and not storage.is_uri("file:///x")
+    assert storage.local_copy("s3://bucket/runs/a/") == tmp_path / "s3" / "bucket" / "runs" / "a"
+    with pytest.raises(ValueError, match="storage: cannot open 'nosuch://b/k'"):
+        storage.Mirror(tmp_path / "x", "nosuch://b/k")
+
+
+def test_every_record_is_in_the_bucket_when_its_write_returns(uri):
+    local = storage.local_copy(uri)
+    mirror = storage.Mirror(local, uri, interval_s=3600).start()  # no sweep: only the writes' own uploads
+    try:
+        store = Store(local)
+        vid = _result(store, 1)
+        got = remote(uri)
+        assert f"variants/{vid}.json" in got and any(k.startswith("population/") for k in got)
+        assert any(k.startswith("objects/") for k in got)
+        atomic_write(local / "trials" / vid / "out.txt", b"scratch")  # a node's scratch stays local
+        atomic_write(local / "tune" / "state.json", b"{}")  # Tune's folder waits for the sweeper
+        assert not any(k.startswith(("trials/", "tune/")) for k in remote(uri))
+        (local / "kept").mkdir()
+        (local / "kept" / f"{vid}.json").write_text("{}")  # written by another process
+        assert mirror.push() == 2 and "kept/" + vid + ".json" in remote(uri) and "tune/state.json" in remote(uri)
+        assert mirror.push() == 0  # nothing changed since
+    finally:
+        mirror.stop()
+
+
+def test_compaction_removes_merged_parts_from_the_bucket_after_the_merged_file(uri):
+    local = storage.local_copy(uri)
+    mirror = storage.Mirror(local, uri, interval_s=3600).start()
+    try:
+        store = Store(local)
+        ids = [_result(store, i) for i in range(4)]
+        assert store.compact(at=4) == 4
+        parts = [k for k in remote(uri) if k.startswith("population/")]
+        assert parts == ["population/compacted.parquet"]
+    finally:
+        mirror.stop()
+    fresh = storage.Mirror(local.parent / "elsewhere", uri)
+    assert fresh.pull() > 0
+    assert list(load_population(fresh.local)["variant_id"]) == ids
+
+
+def test_a_run_in_the_bucket_reads_anywhere(uri, tmp_path, capsys):
+    from evolve import cli
+
+    local = storage.local_copy(uri)
+    with storage.session(uri) as folder:
+        assert folder == local
+        store = Store(folder)
+        ids = [_result(store, i) for i in range(3)]
+        (folder / "spec.yaml").write_text("objective: {metric: heldout_loss, mode: min}\n")
+    shutil.rmtree(local)  # another machine: nothing local
+    pop = load_population(uri)  # fetched into the local copy first
+    assert list(pop["variant_id"]) == ids and pop.best_id() == ids[2]
+    shutil.rmtree(local)
+    assert cli.main(["status", uri]) == 0 and "completed 3" in capsys.readouterr().out
+    assert cli.main(["report", uri]) == 0
+    assert "report.html" in remote(uri)  # what a command writes goes back to the bucket
+    assert cli.main(["status", "s3://runs/none-here"]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+
+
+def test_an_unreachable_bucket_is_one_line(tmp_path, monkeypatch, capsys):
+    from evolve import cli
+
+    monkeypatch.setenv("EVOLVE_CACHE", str(tmp_path))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    assert cli.main(["status", "s3://runs/x"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("evolve: error: ") and len(err.strip().splitlines()) == 1
+
+
+def descendants(pid):
+    """Every live process below `pid` (Ray's processes start their own sessions, so no group holds them)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def lose_the_head(p):
+    """SIGKILL to the driver and every process it started, as when the machine is gone."""
+    doomed = [p.pid, *descendants(p.pid)]
+    for pid in doomed:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    p.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and any(os.path.exists(f"/proc/{pid}") and not _zombie(pid) for pid in doomed):
+        time.sleep(0.1)
+
+
+def _zombie(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+@pytest.mark.slow
+def test_a_search_in_the_bucket_resumes_on_another_head(uri, experiment, tmp_path):
+    """The driver is killed mid-search and its disk lost; `evolve resume URI` finishes from the bucket."""
+    from tests.test_resume import evolve, kill_group
+
+    log = open(tmp_path / "run.log", "wb")
+    p = evolve("run", str(experiment), "budget.trials=5", "budget.concurrent=1", "budget.train_tokens=8192",
+               "trial.report_every=2", "confirm.top=0", "--run-dir", uri, log=log)
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline and p.poll() is None:
+            files = remote(uri)
+            if any(k.startswith("population/") for k in files) and any("experiment_state" in k for k in files):
+                break  # a result and Tune's state are in the bucket
+            time.sleep(0.5)
+        assert p.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
+    finally:
+        lose_the_head(p)
+    before = {k: read_remote(uri, k) for k in remote(uri) if k.startswith("population/")}
+    assert 1 <= len(before) < 5
+    shutil.rmtree(storage.local_copy(uri))  # the head node is gone, and its disk with it
+
+    q = evolve("resume", uri, log=log)
+    try:
+        assert q.wait(timeout=900) == 0, (tmp_path / "run.log").read_text()[-3000:]
+    finally:
+        kill_group(q)
+    assert "fetched" in (tmp_path / "run.log").read_text()
+    shutil.rmtree(storage.local_copy(uri))
+    pop = load_population(uri)  # as the bucket holds it
+    assert len(pop) == 5 and pop["variant_id"].is_unique and (pop["status"] == "completed").all()
+    assert {k: read_remote(uri, k) for k in before} == before  # rows recorded before the kill untouched
