@@ -112,6 +112,8 @@ class Trial:
     workers: int = 1  # Ray Train workers (data-parallel ranks) per trial
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
+    # how Ray places a trial's workers: "pack" (as few nodes as fit) or "spread" (one per node where it can)
+    placement: str = "pack"
     report_every: int = 10  # optimizer steps between learning-curve points
     # a DeepSpeed checkpoint at the first curve point this many tokens after the last (0: none)
     checkpoint_tokens: int = 0
@@ -304,6 +306,8 @@ def _check(spec: Spec) -> None:
     t = spec.trial
     if t.workers < 1:
         raise SpecError(f"trial.workers: must be at least 1, got {t.workers!r}")
+    if t.placement not in ("pack", "spread"):
+        raise SpecError(f"trial.placement: must be 'pack' or 'spread', got {t.placement!r}")
     if t.cpus_per_worker <= 0:
         raise SpecError(f"trial.cpus_per_worker: must be above 0, got {t.cpus_per_worker!r}")
     if t.gpus_per_worker < 0:

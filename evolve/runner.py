@@ -137,7 +137,8 @@ def prepare_run(spec: Spec, run_dir: Path) -> tuple[dict, dict]:
         # the search's slot board: a named actor, unique to the run directory
         "slots": f"evolve-slots-{hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:12]}",
         "resources": {"workers": spec.trial.workers, "cpus_per_worker": spec.trial.cpus_per_worker,
-                      "gpus_per_worker": spec.trial.gpus_per_worker},
+                      "gpus_per_worker": spec.trial.gpus_per_worker,
+                      "placement": spec.trial.placement},
     }
     return meta, context
 

@@ -222,6 +222,10 @@ def _run_rank(board, slot: int, job: dict, rank: int, world: int, local_rank: in
                         "NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME")}
         env.update(MASTER_ADDR=addr, MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                    LOCAL_RANK=str(local_rank), LOCAL_WORLD_SIZE=str(local_world))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with open(out_dir / f"rank{rank}.log", "a") as log:  # where this rank ran, for the record
+            log.write(f"evolve: rank {rank} of {world} on node {ray.get_runtime_context().get_node_id()} "
+                      f"({ray.util.get_node_ip_address()}), rendezvous {addr}:{port}\n")
         cancel = threading.Event()
         watcher = threading.Thread(target=_watch_cancel, args=(board, slot, job["id"], cancel), daemon=True)
         watcher.start()
@@ -287,7 +291,8 @@ class SlotPool:
             train_loop_per_worker=_relay_entry,
             train_loop_config={"board": self.name, "slot": slot},
             scaling_config=ScalingConfig(num_workers=r["workers"], use_gpu=r["gpus_per_worker"] > 0,
-                                         resources_per_worker=per_worker),
+                                         resources_per_worker=per_worker,
+                                         placement_strategy=r.get("placement", "pack").upper()),
             torch_config=RendezvousConfig(),
             run_config=RunConfig(name=f"slot{slot}-{generation}", storage_path=self.storage))
 

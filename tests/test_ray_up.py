@@ -88,7 +88,7 @@ def ssh_host(tmp_path_factory):
     finally:
         sshd.kill()
         sshd.wait()
-        subprocess.run(["userdel", "--force", user], capture_output=True)  # its uid, root's, is always in use
+        subprocess.run(["pkill", "-KILL", "-f", f"^sshd: {user}"], capture_output=True)  # its sessions        subprocess.run(["userdel", "--force", user], capture_output=True)  # its uid, root's, is always in use
 
 
 def test_ray_up_submit_and_down_run_a_search_on_the_cluster(ssh_host, tmp_path):
