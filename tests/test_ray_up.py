@@ -113,7 +113,7 @@ def test_ray_up_submit_and_down_run_a_search_on_the_cluster(ssh_host, tmp_path):
         run(["ray", "up", "-y", "--no-config-cache", str(path)], cwd=ROOT, env=env, timeout=300)
         assert (ssh_host["home"] / "evolve" / "evolve" / "cli.py").is_file()  # file_mounts put the project there
         out = run(["ray", "submit", str(path), "experiments/launch.py", "--", "experiments/tiny_lm",
-                   "budget.trials=2", "budget.concurrent=1", "budget.train_tokens=8192", "trial.report_every=2",
+                   "budget.trials=2", "budget.concurrent=2", "budget.train_tokens=8192", "trial.report_every=2",
                    "confirm.top=0", "--run-dir", str(run_dir)], cwd=ROOT, env=env, timeout=900)
         assert "variants: 2 finished (2 completed" in out.stdout, out.stdout[-3000:]
         # the search joined the cluster `ray up` started (launch.py sets RAY_ADDRESS=auto), not a new one
