@@ -151,24 +151,31 @@ class Mirror:
         return n
 
     # -- remote to local ---------------------------------------------------------------------
-    def pull(self) -> int:
-        """Downloads every remote file the local folder lacks or holds at another size; returns how many."""
-        n = 0
-        for rel, size in sorted(self.remote_files().items()):
-            if not wanted(rel):
-                continue
-            target = self.local / rel
-            if target.is_file() and target.stat().st_size == size:
-                continue
+    def pull(self, threads: int = 8) -> int:
+        """Downloads every remote file the local folder lacks or holds at another size; returns how many.
+
+        Files come down `threads` at a time: a run is many small files, and
+        each is a round trip.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        from evolve.store import atomic_write
+
+        todo = [rel for rel, size in sorted(self.remote_files().items()) if wanted(rel)
+                and not ((self.local / rel).is_file() and (self.local / rel).stat().st_size == size)]
+
+        def fetch(rel: str) -> None:
             with self.fs.open_input_stream(self._remote(rel)) as src:
                 data = src.read()
-            from evolve.store import atomic_write
-
+            target = self.local / rel
             atomic_write(target, data, durable=False, mirror=False)
             st = target.stat()
-            self._sent[rel] = (st.st_size, st.st_mtime_ns)  # the bucket has it already
-            n += 1
-        return n
+            with self._lock:
+                self._sent[rel] = (st.st_size, st.st_mtime_ns)  # the bucket has it already
+
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            list(pool.map(fetch, todo))
+        return len(todo)
 
     # -- life ---------------------------------------------------------------------------------
     def start(self) -> Mirror:

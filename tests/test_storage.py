@@ -166,7 +166,7 @@ def test_a_search_in_the_bucket_resumes_on_another_head(uri, experiment, tmp_pat
     from tests.test_resume import evolve, kill_group
 
     log = open(tmp_path / "run.log", "wb")
-    p = evolve("run", str(experiment), "budget.trials=4", "budget.concurrent=1", "budget.train_tokens=8192",
+    p = evolve("run", str(experiment), "budget.trials=3", "budget.concurrent=1", "budget.train_tokens=8192",
                "trial.report_every=2", "confirm.top=0", "--run-dir", uri, log=log)
     try:
         deadline = time.time() + 600
@@ -179,7 +179,7 @@ def test_a_search_in_the_bucket_resumes_on_another_head(uri, experiment, tmp_pat
     finally:
         lose_the_head(p)
     before = {k: read_remote(uri, k) for k in remote(uri) if k.startswith("population/")}
-    assert 1 <= len(before) < 4
+    assert 1 <= len(before) < 3
     shutil.rmtree(storage.local_copy(uri))  # the head node is gone, and its disk with it
 
     q = evolve("resume", uri, log=log)
@@ -190,5 +190,5 @@ def test_a_search_in_the_bucket_resumes_on_another_head(uri, experiment, tmp_pat
     assert "fetched" in (tmp_path / "run.log").read_text()
     shutil.rmtree(storage.local_copy(uri))
     pop = load_population(uri)  # as the bucket holds it
-    assert len(pop) == 4 and pop["variant_id"].is_unique and (pop["status"] == "completed").all()
+    assert len(pop) == 3 and pop["variant_id"].is_unique and (pop["status"] == "completed").all()
     assert {k: read_remote(uri, k) for k in before} == before  # rows recorded before the kill untouched
