@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -87,6 +88,9 @@ class Mirror:
         self.interval_s = interval_s
         self._sent: dict[str, tuple[int, int]] = {}  # rel -> (size, mtime_ns) last uploaded
         self._lock = threading.Lock()
+        # one upload or delete at a time: a file's last PUT is of its newest content, and a
+        # sweep never puts back a part that compaction removed
+        self._io = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.errors: list[str] = []
@@ -114,18 +118,19 @@ class Mirror:
         rel = _rel(self.local, path)
         if rel is None or not wanted(rel):
             return False
-        try:
-            st = path.stat()
-            stamp = (st.st_size, st.st_mtime_ns)
-            if self._sent.get(rel) == stamp:
+        with self._io:
+            try:
+                st = path.stat()
+                stamp = (st.st_size, st.st_mtime_ns)
+                if self._sent.get(rel) == stamp:
+                    return False
+                data = path.read_bytes()
+            except FileNotFoundError:  # replaced or removed since it was listed
                 return False
-            data = path.read_bytes()
-        except FileNotFoundError:  # replaced or removed since it was listed
-            return False
-        with self.fs.open_output_stream(self._remote(rel)) as out:
-            out.write(data)
-        with self._lock:
-            self._sent[rel] = stamp
+            with self.fs.open_output_stream(self._remote(rel)) as out:
+                out.write(data)
+            with self._lock:
+                self._sent[rel] = stamp
         return True
 
     def delete(self, path: Path) -> None:
@@ -133,12 +138,13 @@ class Mirror:
         rel = _rel(self.local, path)
         if rel is None or not wanted(rel):
             return
-        try:
-            self.fs.delete_file(self._remote(rel))
-        except FileNotFoundError:
-            pass
-        with self._lock:
-            self._sent.pop(rel, None)
+        with self._io:
+            try:
+                self.fs.delete_file(self._remote(rel))
+            except FileNotFoundError:
+                pass
+            with self._lock:
+                self._sent.pop(rel, None)
 
     def push(self) -> int:
         """Uploads every file that changed since its last upload; returns how many."""
@@ -193,6 +199,9 @@ class Mirror:
                 self.push()
             except OSError as e:  # the bucket is unreachable for now: the next sweep tries again
                 self.errors.append(" ".join(str(e).split())[:200])
+                if len(self.errors) == 1:
+                    print(f"evolve: warning: storage: uploading to {self.uri} failed ({self.errors[0]}); "
+                          f"trying again every {self.interval_s:g} s", file=sys.stderr)
 
     def stop(self) -> int:
         """Stops the sweeper, uploads what is left, unregisters; returns how many files went up last."""
