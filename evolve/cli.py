@@ -52,13 +52,20 @@ def summary_lines(run_dir: str, pop=None) -> list[str]:
     return lines
 
 
+def run_target(spec, run_dir: str | None) -> str:
+    """Where a new run is kept: --run-dir, else <spec.storage>/<name>, else runs/<name>."""
+    if run_dir:
+        return run_dir
+    return f"{spec.storage.rstrip('/')}/{spec.name}" if spec.storage else str(Path("runs") / spec.name)
+
+
 def cmd_run(args) -> int:
     from evolve import storage
     from evolve.config import load_spec
     from evolve.runner import run_search
 
     spec = load_spec(args.experiment, args.overrides)
-    target = args.run_dir or str(Path("runs") / spec.name)
+    target = run_target(spec, args.run_dir)
     if storage.is_uri(target) and storage.Mirror(storage.local_copy(target), target).exists("spec.yaml"):
         raise SpecError(f"--run-dir: {target!r} already holds a search; "
                         f"choose another folder, or continue it with: evolve resume {target}")
@@ -266,7 +273,8 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run a search from an experiment folder")
     r.add_argument("experiment", help="experiment folder (holding experiment.yaml) or the YAML file")
     r.add_argument("overrides", nargs="*", help="key=value spec overrides, e.g. budget.trials=4")
-    r.add_argument("--run-dir", help="where the run is kept (default runs/<name>)")
+    r.add_argument("--run-dir", help="where the run is kept: a folder or an s3:// or gs:// URI "
+                                     "(default <storage>/<name> with storage=..., else runs/<name>)")
     r.set_defaults(func=cmd_run)
     rs = sub.add_parser("resume", help="continue an interrupted search from its run folder")
     rs.add_argument("run_dir", help="the run folder of the search")

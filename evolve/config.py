@@ -153,6 +153,9 @@ class Spec:
     confirm: Confirm = field(default_factory=Confirm)
     task: dict = field(default_factory=dict)  # passed to the experiment's harness
     seed: int = 0  # seeds the searcher's RNG
+    # where runs are kept when --run-dir is not given: a folder or a cloud URI (s3://bucket/runs);
+    # the run is <storage>/<name>. Empty: runs/<name> under the current folder.
+    storage: str = ""
 
     def path(self, rel: str) -> Path:
         return self.root / rel

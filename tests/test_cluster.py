@@ -61,3 +61,16 @@ def test_kuberay_rayjob_describes_a_valid_cluster():
     config = _derive_autoscaling_config_from_ray_cr(cr)  # KubeRay's translation, validated against the schema
     assert config["available_node_types"]["gpu"]["resources"]["GPU"] == 1
     assert config["available_node_types"]["headgroup"]["resources"]["CPU"] == 0  # the driver only
+
+
+def test_storage_names_where_runs_go_unless_run_dir_does():
+    from evolve.cli import run_target
+    from evolve.config import SpecError, load_spec
+
+    exp = ROOT / "experiments" / "tiny_lm"
+    assert run_target(load_spec(exp), None) == "runs/tiny_lm"
+    spec = load_spec(exp, ["storage=s3://bucket/runs/"])
+    assert run_target(spec, None) == "s3://bucket/runs/tiny_lm"
+    assert run_target(spec, "gs://other/x") == "gs://other/x"
+    with pytest.raises(SpecError, match="storage: expected"):
+        load_spec(exp, ["storage=3"])
