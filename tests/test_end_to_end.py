@@ -106,7 +106,11 @@ def test_the_notebook_runs_from_a_clean_kernel_over_the_run(search, tmp_path, mo
     nb = nbformat.read(Path(__file__).parents[1] / "notebooks" / "population.ipynb", as_version=4)
     monkeypatch.setenv("EVOLVE_RUN", str(run_dir))
     km = KernelManager(kernel_name="python3", transport="ipc", ip=str(tmp_path / "kernel"))  # no TCP port
-    NotebookClient(nb, km=km, timeout=300, resources={"metadata": {"path": str(tmp_path)}}).execute()
+    try:
+        NotebookClient(nb, km=km, timeout=300, resources={"metadata": {"path": str(tmp_path)}}).execute()
+    finally:
+        if km.has_kernel:  # a kernel manager passed in is ours to shut down
+            km.shutdown_kernel(now=True)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.output_type == "error"]
     pngs = [o for o in outputs if "image/png" in o.get("data", {})]
