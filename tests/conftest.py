@@ -80,6 +80,22 @@ def small_run(tmp_path):
     return root, {k: v.id for k, v in made.items()}
 
 
+def wait_for_port(port: int, proc, log, wait_s: float = 60.0) -> None:
+    """Waits until a server we started listens on 127.0.0.1:`port`; fails with its log if it exits or never does."""
+    import socket
+    import time
+
+    deadline = time.time() + wait_s
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"server did not start on port {port}: {Path(log).read_text()[-2000:]}")
+            time.sleep(0.2)
+
+
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory):
     """An S3-compatible server (moto's server mode) on 127.0.0.1 with one bucket, "runs".
@@ -90,14 +106,14 @@ def s3(tmp_path_factory):
     import socket
     import subprocess
     import sys
-    import time
 
     import pyarrow.fs as pafs
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    log = open(tmp_path_factory.mktemp("s3") / "moto.log", "wb")
+    log_path = tmp_path_factory.mktemp("s3") / "moto.log"
+    log = open(log_path, "wb")
     server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                               stdout=log, stderr=subprocess.STDOUT)
     endpoint = f"http://127.0.0.1:{port}"
@@ -106,15 +122,7 @@ def s3(tmp_path_factory):
     before = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.time() > deadline or server.poll() is not None:
-                    raise RuntimeError(f"moto server did not start on port {port}")
-                time.sleep(0.2)
+        wait_for_port(port, server, log_path)
         pafs.S3FileSystem(endpoint_override=endpoint, allow_bucket_creation=True).create_dir("runs")
         yield endpoint
     finally:

@@ -18,7 +18,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import pytest
 import yaml
 
 from evolve.analysis import load_population
+from tests.conftest import wait_for_port
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,14 +76,7 @@ def ssh_host(tmp_path_factory):
     log = open(d / "sshd.log", "wb")
     sshd = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.time() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.time() < deadline and sshd.poll() is None, (d / "sshd.log").read_text()
-                time.sleep(0.2)
+        wait_for_port(port, sshd, d / "sshd.log", wait_s=30)
         yield {"user": user, "key": str(d / "id_ed25519"), "port": port, "home": home}
     finally:
         sshd.kill()
