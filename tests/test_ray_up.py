@@ -81,7 +81,9 @@ def ssh_host(tmp_path_factory):
     finally:
         sshd.kill()
         sshd.wait()
-        subprocess.run(["pkill", "-KILL", "-f", f"^sshd: {user}"], capture_output=True)  # its sessions        subprocess.run(["userdel", "--force", user], capture_output=True)  # its uid, root's, is always in use
+        subprocess.run(["pkill", "-KILL", "-f", f"^sshd: {user}"], capture_output=True)  # its sessions
+        # its uid is root's, always "in use": hence --force
+        subprocess.run(["userdel", "--force", user], capture_output=True, check=True)
 
 
 def test_ray_up_submit_and_down_run_a_search_on_the_cluster(ssh_host, tmp_path):
