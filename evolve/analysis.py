@@ -47,16 +47,7 @@ class Population(pd.DataFrame):
 
     def depth(self) -> int:
         """Returns the longest chain of first parents from the seed, in generations."""
-        parents = {v: (list(p)[0] if len(p) else None) for v, p in zip(self["variant_id"], self["parent_ids"])}
-        memo: dict[str, int] = {}
-
-        def d(v):
-            if v not in memo:
-                p = parents.get(v)
-                memo[v] = 0 if p is None or p not in parents else d(p) + 1
-            return memo[v]
-
-        return max((d(v) for v in parents), default=0)
+        return int(lineage.generations(self).max()) if len(self) else 0
 
     def best_id(self) -> str | None:
         done = self[(self["status"] == "completed") & self["fitness"].notna()]
@@ -150,10 +141,10 @@ def load_population(run_dir: str | Path) -> Population:
     store = Store(run_dir)
     table = _last_of_each(store.read_results())
     df = table.drop(["record", "metrics", "parent_ids"]).to_pandas()
-    df.insert(1, "parent_ids", table.column("parent_ids").to_pylist())
-    df.insert(3, "record", _json_column(table.column("record").to_pylist()))
-    df.insert(8, "metrics", _json_column(table.column("metrics").to_pylist()))
-    out = Population(df[list(table.column_names)])
+    df["parent_ids"] = table.column("parent_ids").to_pylist()
+    for col in ("record", "metrics"):
+        df[col] = _json_column(table.column(col).to_pylist())
+    out = Population(df[list(table.column_names)])  # the table's column order
     out.run_dir = run_dir
     out.mode = _mode(run_dir)
     out.attrs["unreadable"] = store.unreadable
