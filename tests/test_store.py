@@ -143,7 +143,8 @@ def test_a_reader_racing_a_compaction_reads_every_row(tmp_path):
 
     def read():
         while not done.is_set():
-            seen.append(Store(tmp_path).read_results().num_rows)
+            # distinct variants: between a merge and the removal of its parts a row is there twice
+            seen.append(len(set(Store(tmp_path).read_results().column("variant_id").to_pylist())))
 
     reader = threading.Thread(target=read)
     reader.start()
