@@ -158,6 +158,8 @@ def run_baseline(spec: Spec, run_dir: str | os.PathLike, method: str, log=print)
 
     if method not in METHODS:
         raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
+    if method == "pbt" and spec.trainer == "rl":
+        raise ValueError("method: pbt moves trials between checkpoints, and the rl trainer saves none")
     run_dir = Path(run_dir).resolve()
     _, context = prepare_run(spec, run_dir)
     store = Store(run_dir)

@@ -19,6 +19,7 @@ import yaml
 
 
 HARNESS_FILES = ("harness/data.py", "harness/evaluate.py")  # every experiment provides these
+TRAINERS = ("lm", "rl")
 
 
 class SpecError(ValueError):
@@ -152,6 +153,9 @@ class Spec:
     trial: Trial = field(default_factory=Trial)
     confirm: Confirm = field(default_factory=Confirm)
     task: dict = field(default_factory=dict)  # passed to the experiment's harness
+    # the training loop: "lm" (next-token training on the experiment's corpus, evolve.harness) or
+    # "rl" (a supervised warm-up, then policy gradient on verified problems, evolve.rl)
+    trainer: str = "lm"
     seed: int = 0  # seeds the searcher's RNG
     # where runs are kept when --run-dir is not given: a folder or a cloud URI (s3://bucket/runs);
     # the run is <storage>/<name>. Empty: runs/<name> under the current folder.
@@ -271,6 +275,10 @@ def _check(spec: Spec) -> None:
             rel = hit.relative_to(root).as_posix()
             if rel in spec.mutable:
                 raise SpecError(f"sealed: {rel!r} is also mutable")
+    if spec.trainer not in TRAINERS:
+        raise SpecError(f"trainer: expected one of {', '.join(TRAINERS)}, got {spec.trainer!r}")
+    if spec.trainer == "rl" and spec.trial.checkpoint_tokens:
+        raise SpecError("trial.checkpoint_tokens: the rl trainer saves no checkpoints; set it to 0")
     if spec.objective.mode not in ("min", "max"):
         raise SpecError(f"objective.mode: expected 'min' or 'max', got {spec.objective.mode!r}")
     b = spec.budget

@@ -36,8 +36,8 @@ class RecipeError(RuntimeError):
     """The variant's recipe broke a rule of the harness; the message is one line."""
 
 
-def load_recipe(variant_dir: str | os.PathLike):
-    """Imports the variant's recipe.py under a name unique to the variant."""
+def load_recipe(variant_dir: str | os.PathLike, hooks: tuple[str, ...] = HOOKS):
+    """Imports the variant's recipe.py under a name unique to the variant; it must define `hooks`."""
     path = Path(variant_dir) / "recipe.py"
     if not path.is_file():
         raise RecipeError(f"recipe.py: not found in {variant_dir}")
@@ -45,7 +45,7 @@ def load_recipe(variant_dir: str | os.PathLike):
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    missing = [h for h in HOOKS if not callable(getattr(module, h, None))]
+    missing = [h for h in hooks if not callable(getattr(module, h, None))]
     if missing:
         raise RecipeError(f"recipe.py: missing hook(s) {', '.join(missing)}")
     return module
@@ -131,9 +131,18 @@ def run_rank(report, config: dict, rank: int, world: int) -> None:
     dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world)
     _init_deepspeed_comm(backend)
     try:
-        _train(config, rank, world, Path(config["out_dir"]), report)
+        trainer(config)(config, rank, world, Path(config["out_dir"]), report)
     finally:
         dist.destroy_process_group()
+
+
+def trainer(config: dict):
+    """Returns the training loop the experiment's `trainer` names: next-token ("lm") or RL ("rl")."""
+    if config.get("trainer", "lm") == "rl":
+        from evolve import rl
+
+        return rl.train
+    return _train
 
 
 def _init_deepspeed_comm(backend: str) -> None:
@@ -173,7 +182,7 @@ def solo_rank(report, config: dict) -> dict:
     dist.init_process_group(backend="gloo", init_method="env://", rank=0, world_size=1)
     _init_deepspeed_comm("gloo")
     try:
-        return _train(config, 0, 1, Path(config["out_dir"]), report)
+        return trainer(config)(config, 0, 1, Path(config["out_dir"]), report)
     finally:
         dist.destroy_process_group()
 
@@ -221,7 +230,7 @@ def _save_checkpoint(engine, path: Path, state: dict, rank: int) -> None:
         os.replace(tmp, path / CHECKPOINT_STATE)
 
 
-PROTECTED_MODULES = ("evolve.harness", "evolve.sandbox", "evolve.zygote")
+PROTECTED_MODULES = ("evolve.harness", "evolve.rl", "evolve.sandbox", "evolve.zygote")
 
 
 def _snapshot() -> dict:

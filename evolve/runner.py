@@ -128,7 +128,7 @@ def prepare_run(spec: Spec, run_dir: Path) -> tuple[dict, dict]:
         load_cpu_comm_op()  # built once here, before trials race to
     context = {
         "experiment_root": str(spec.root), "run_dir": str(run_dir), "data_dir": str(run_dir / "data"),
-        "task": spec.task,
+        "task": spec.task, "trainer": spec.trainer,
         "sealed": sealed, "metric": spec.objective.metric, "seed": spec.seed,
         "train_tokens": spec.budget.train_tokens, "report_every": spec.trial.report_every,
         "checkpoint_tokens": spec.trial.checkpoint_tokens,
