@@ -191,8 +191,9 @@ def _dev_loss(model, dev, seq: int) -> float:
     import torch
 
     n = (len(dev) - 1) // seq
-    x = dev[: n * seq].view(n, seq).long()
-    y = dev[1: n * seq + 1].view(n, seq).long()
+    device = next(model.parameters()).device  # a GPU's, where DeepSpeed put the model
+    x = dev[: n * seq].view(n, seq).long().to(device)
+    y = dev[1: n * seq + 1].view(n, seq).long().to(device)
     was_training = model.training
     model.eval()
     with torch.no_grad():
@@ -352,6 +353,7 @@ def _train(config: dict, rank: int, world: int, out_dir: Path, report) -> dict:
         if tuple(x.shape) != (bs, seq) or tuple(y.shape) != (bs, seq):
             raise RecipeError(f"batches: yielded shapes {tuple(x.shape)}, {tuple(y.shape)}; "
                               f"expected ({bs}, {seq}) each")
+        x, y = x.to(engine.device), y.to(engine.device)
         logits = engine(input_ids=x).logits
         loss = recipe.loss(logits, y, settings)
         engine.backward(loss)

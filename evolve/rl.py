@@ -103,7 +103,7 @@ def decode(ids) -> str:
     return bytes(ids).decode("latin-1")
 
 
-def answer_tensors(problems, answer_bytes: int, end: int):
+def answer_tensors(problems, answer_bytes: int, end: int, device="cpu"):
     """Returns (inputs, targets, mask) for teacher-forced answers: the answer and end mark are masked in."""
     import torch
 
@@ -114,19 +114,19 @@ def answer_tensors(problems, answer_bytes: int, end: int):
         n = len(prompt.encode())
         masks.append([0] * (n - 1) + [1] * min(len(answer) + 1, answer_bytes) +
                      [0] * (answer_bytes - min(len(answer) + 1, answer_bytes)))
-    seq = torch.tensor(rows, dtype=torch.long)
-    return seq[:, :-1], seq[:, 1:], torch.tensor(masks, dtype=torch.float)
+    seq = torch.tensor(rows, dtype=torch.long, device=device)
+    return seq[:, :-1], seq[:, 1:], torch.tensor(masks, dtype=torch.float, device=device)
 
 
 def greedy_accuracy(model, problems, answer_bytes: int, end: int) -> float:
     """Returns the fraction of problems the model answers exactly, end mark included, decoding greedily."""
     import torch
 
-    right = 0
+    right, device = 0, next(model.parameters()).device
     with torch.no_grad():
         for i in range(0, len(problems), 256):
             chunk = problems[i:i + 256]
-            x = torch.tensor([list(p.encode()) for p, _ in chunk], dtype=torch.long)
+            x = torch.tensor([list(p.encode()) for p, _ in chunk], dtype=torch.long, device=device)
             for _ in range(answer_bytes):
                 x = torch.cat([x, model(input_ids=x).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
             width = len(chunk[0][0].encode())
@@ -142,7 +142,7 @@ def _dev_metrics(model, dev, answer_bytes: int, end: int) -> tuple[float, float]
 
     was_training = model.training
     model.eval()
-    x, y, mask = answer_tensors(dev, answer_bytes, end)
+    x, y, mask = answer_tensors(dev, answer_bytes, end, next(model.parameters()).device)
     with torch.no_grad():
         logits = model(input_ids=x).logits.float()
         nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1),
@@ -189,7 +189,7 @@ def train(config: dict, rank: int, world: int, out_dir: Path, report) -> dict:
         raise RecipeError("the rl trainer saves no checkpoints to resume from")
     problems = read_problems(data_dir / "train.bin")
     shard = problems[rank::world]  # RL prompts: every training problem
-    # worked answers for the warm-up: the first demo_problems of them (all without the key)
+    # worked answers for the warm-up: the first meta["demo_problems"] of them (all, if it is not set)
     demos = problems[: int(meta.get("demo_problems") or len(problems))][rank::world]
     dev = read_problems(data_dir / "dev.bin")
     untouched = _snapshot()
@@ -224,7 +224,8 @@ def train(config: dict, rank: int, world: int, out_dir: Path, report) -> dict:
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=ds_config)
     generator = torch.Generator().manual_seed(config["seed"] * 1000 + rank)
-    sampler = torch.Generator().manual_seed(config["seed"] * 1000 + rank + 7919)
+    device = engine.device  # the inputs go where DeepSpeed put the model (a GPU's, with gpus_per_worker)
+    sampler = torch.Generator(device=device).manual_seed(config["seed"] * 1000 + rank + 7919)
 
     curve, step, tokens, train_seconds = [], 0, 0, 0.0
     loss_sum, loss_n, reward_sum, reward_n = 0.0, 0, 0.0, 0
@@ -260,7 +261,7 @@ def train(config: dict, rank: int, world: int, out_dir: Path, report) -> dict:
     for _ in range(sft_steps * gas):
         t0 = time.perf_counter()
         x, y, mask = answer_tensors([demos[i] for i in _indices(batches, sft_bs, len(demos), "sft")],
-                                    answer_bytes, end)
+                                    answer_bytes, end, device)
         tokens += sft_micro_tokens
         optimize(_finite_scalar(recipe.sft_loss(engine(input_ids=x).logits, y, mask, settings), "sft_loss"), "sft")
         train_seconds += time.perf_counter() - t0
@@ -270,7 +271,8 @@ def train(config: dict, rank: int, world: int, out_dir: Path, report) -> dict:
     for _ in range(rl_steps * gas):
         t0 = time.perf_counter()
         chosen = [shard[i] for i in _indices(batches, prompts, len(shard), "rl")]
-        x = torch.tensor([list(p.encode()) for p, _ in chosen], dtype=torch.long).repeat_interleave(group, dim=0)
+        x = torch.tensor([list(p.encode()) for p, _ in chosen], dtype=torch.long, device=device)
+        x = x.repeat_interleave(group, dim=0)
         engine.module.eval()
         completions = sample(engine.module, x, answer_bytes, plan["temperature"], plan["top_p"], sampler)
         engine.module.train()
@@ -281,7 +283,7 @@ def train(config: dict, rank: int, world: int, out_dir: Path, report) -> dict:
             if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r):
                 raise RecipeError(f"reward: expected a finite number, got {r!r}")
             rewards.append(float(r))
-        rewards = torch.tensor(rewards).view(prompts, group)
+        rewards = torch.tensor(rewards, device=device).view(prompts, group)
         adv = recipe.advantages(rewards, settings)
         if not isinstance(adv, torch.Tensor) or tuple(adv.shape) != (prompts, group) or not torch.isfinite(adv).all():
             raise RecipeError(f"advantages: expected a finite tensor of shape ({prompts}, {group})")

@@ -187,13 +187,15 @@ def test_the_spec_names_its_trainer_and_the_rl_trainer_refuses_checkpoints():
 
 
 @pytest.mark.slow
-def test_a_search_of_the_rl_experiment_records_accuracies_and_picks_the_highest(tmp_path):
+def test_a_data_parallel_search_of_the_rl_experiment_records_accuracies_and_picks_the_highest(tmp_path):
     from evolve.analysis import load_population
 
     run = tmp_path / "run"
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    # two data-parallel ranks per trial, each sampling rollouts from its own shard of the problems
     out = subprocess.run([sys.executable, "-m", "evolve.cli", "run", str(RL_ARITH), "budget.trials=2",
-                          "budget.train_tokens=40_000", "confirm.top=0", "--run-dir", str(run)],
+                          "budget.concurrent=1", "trial.workers=2", "budget.train_tokens=40_000", "confirm.top=0",
+                          "--run-dir", str(run)],
                          env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     pop = load_population(run)
@@ -201,4 +203,5 @@ def test_a_search_of_the_rl_experiment_records_accuracies_and_picks_the_highest(
     assert pop["fitness"].between(0, 1).all()
     assert all(0 <= m["heldout_format"] <= 1 for m in pop["metrics"])
     assert pop.set_index("variant_id").loc[pop.best_id(), "fitness"] == pop["fitness"].max()
+    assert all((run / "trials" / v / "rank1.log").is_file() for v in pop["variant_id"])
     assert "best:" in out.stdout
