@@ -35,7 +35,7 @@ def checkpointed_but_running(run):
 
 
 def known_to_tune(run):
-    """Variants whose checkpoint Ray Tune's latest saved experiment state records: what resume restores.
+    """{variant: tokens} of the latest checkpoint Ray Tune's last saved experiment state records: what resume restores.
 
     File times cannot tell this: on a busy machine the driver may take the checkpoint's report in
     seconds after the trial wrote it, and a snapshot saved in between does not know it.
@@ -46,14 +46,27 @@ def known_to_tune(run):
     try:
         trials = json.loads(states[-1].read_text())["trial_data"] if states else []
     except (OSError, ValueError):  # replaced while read
-        return set()
-    out = set()
+        return {}
+    out = {}
     for _, metadata in trials:
         latest = _TrainingRunMetadata.from_json_state(metadata).checkpoint_manager.latest_checkpoint_result
         if latest is not None:
             state = Path(latest.checkpoint.path) / "evolve_state.json"
             if state.is_file():
-                out.add(json.loads(state.read_text())["variant_id"])
+                saved = json.loads(state.read_text())
+                out[saved["variant_id"]] = saved["tokens"]
+    return out
+
+
+def checkpointed_tokens(run):
+    """{variant: tokens} of the newest checkpoint each trial has committed to Tune's storage: how far it is."""
+    out = {}
+    for state in run.glob("tune/*/checkpoint_*/evolve_state.json"):
+        try:
+            saved = json.loads(state.read_text())
+        except (OSError, ValueError):  # being written
+            continue
+        out[saved["variant_id"]] = max(out.get(saved["variant_id"], 0), saved["tokens"])
     return out
 
 
@@ -92,6 +105,47 @@ def kill_group(p):
         pass
 
 
+def descendants(pid):
+    """Every live process below `pid` (Ray's processes start their own sessions, so no group holds them)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def lose_the_head(p):
+    """SIGKILL to the driver and every process it started, as when the machine is gone."""
+    doomed = [p.pid, *descendants(p.pid)]
+    for pid in doomed:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    p.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and any(os.path.exists(f"/proc/{pid}") and not _zombie(pid) for pid in doomed):
+        time.sleep(0.1)
+
+
+def _zombie(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 def resume_to_the_end(run, log, before, trials):
     """Runs `evolve resume` to the end; checks every variant is there once and the rows of `before` untouched."""
     q = evolve("resume", str(run), log=log)
@@ -122,14 +176,20 @@ def test_a_driver_killed_while_trials_train_resumes_without_loss_or_repeats(expe
         deadline, running = time.time() + 900, set()
         while time.time() < deadline and p.poll() is None and not running:
             candidates = checkpointed_but_running(run) if recorded(run) else set()
-            if candidates & known_to_tune(run):
-                running = candidates & known_to_tune(run) & checkpointed_but_running(run)  # and it still trains
+            if candidates:
+                # a checkpoint Tune knows, with seconds of training left: a trial near its end may
+                # finish (and keep its result) between this check and the kill
+                known, progress = known_to_tune(run), checkpointed_tokens(run)
+                early = {v for v in candidates if v in known and progress.get(v, BUDGET) <= BUDGET - 3 * CKPT}
+                running = early & checkpointed_but_running(run)  # and it still trains
             time.sleep(0.2)
         assert p.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
     finally:
-        kill_group(p)
+        lose_the_head(p)  # Ray's workers start their own sessions: a trial would outlive its group's kill
     before = recorded(run)
     assert 1 <= len(before) < 5 and running
+    running = {v for v in running if not (run / "kept" / f"{v}.json").exists()}
+    assert running, "every trial chosen had finished its training before the kill"
 
     pop = resume_to_the_end(run, log, before, 5)
     rows = pop.set_index("variant_id")
@@ -137,8 +197,10 @@ def test_a_driver_killed_while_trials_train_resumes_without_loss_or_repeats(expe
     # budget, and its record holds the whole curve
     resumed = [v for v in running if v in rows.index and rows.loc[v, "tokens_trained"] <= BUDGET - CKPT]
     assert resumed, rows.loc[list(running & set(rows.index)), ["tokens_trained"]]
+    start = BUDGET - rows.loc[resumed[0], "tokens_trained"]  # the checkpoint it continued from
     curve = pop.curve(resumed[0])
-    assert curve[0][0] < CKPT and curve[-1][0] >= BUDGET - 2048
+    assert curve[0][0] <= start < curve[-1][0] and curve[-1][0] >= BUDGET - 2048  # points from before it too
+    assert [p[0] for p in curve] == sorted({p[0] for p in curve})  # and none twice
 
 
 def test_resume_needs_a_run_folder_with_tune_state(tmp_path, experiment):

@@ -1,8 +1,6 @@
 """Run folders in S3-compatible storage: a real server on 127.0.0.1, spoken to over the wire."""
 
-import os
 import shutil
-import signal
 import time
 import uuid
 
@@ -119,51 +117,10 @@ def test_an_unreachable_bucket_is_one_line(tmp_path, monkeypatch, capsys):
     assert err.startswith("evolve: error: ") and len(err.strip().splitlines()) == 1
 
 
-def descendants(pid):
-    """Every live process below `pid` (Ray's processes start their own sessions, so no group holds them)."""
-    children = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
-
-
-def lose_the_head(p):
-    """SIGKILL to the driver and every process it started, as when the machine is gone."""
-    doomed = [p.pid, *descendants(p.pid)]
-    for pid in doomed:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    p.wait()
-    deadline = time.time() + 30
-    while time.time() < deadline and any(os.path.exists(f"/proc/{pid}") and not _zombie(pid) for pid in doomed):
-        time.sleep(0.1)
-
-
-def _zombie(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
-
-
 @pytest.mark.slow
 def test_a_search_in_the_bucket_resumes_on_another_head(uri, experiment, tmp_path):
     """The driver is killed mid-search and its disk lost; `evolve resume URI` finishes from the bucket."""
-    from tests.test_resume import evolve, kill_group
+    from tests.test_resume import evolve, kill_group, lose_the_head
 
     log = open(tmp_path / "run.log", "wb")
     p = evolve("run", str(experiment), "budget.trials=3", "budget.concurrent=1", "budget.train_tokens=8192",
