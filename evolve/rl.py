@@ -155,7 +155,10 @@ def _dev_metrics(model, dev, answer_bytes: int, end: int) -> tuple[float, float]
 
 def _indices(batches, size: int, n: int, phase: str) -> list[int]:
     """Returns the next batch of training-problem indices, checked."""
-    idx = next(batches)
+    try:
+        idx = next(batches)
+    except StopIteration:
+        raise RecipeError(f"batches: the {phase} phase's iterator ended; it must yield batches forever") from None
     if not isinstance(idx, (list, tuple)) or len(idx) != size:
         raise RecipeError(f"batches: the {phase} phase needs lists of {size} indices, got "
                           f"{type(idx).__name__}{f' of {len(idx)}' if isinstance(idx, (list, tuple)) else ''}")

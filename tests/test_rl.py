@@ -169,11 +169,12 @@ def test_a_warm_up_then_rl_within_the_budget_learns_the_task(arith):
     ({"yield torch.randint(0, len(problems), (size,), generator=generator).tolist()":
       "yield [len(problems)] * size"}, "batches: indices must be integers in"),
     ({"    return score\n": "    return float('nan')\n"}, "reward: expected a finite number"),
+    ({"    while True:\n        yield torch": "    for _ in range(1):\n        yield torch"}, "batches: the sft phase's iterator ended"),
     ({"    return (rewards - mean) / (std + 1e-4)": "    return rewards.sum()"}, "advantages: expected a finite tensor"),
 ])
 def test_a_recipe_hook_that_breaks_the_rules_fails_its_smoke_run_in_one_line(arith, replace, words):
     root, spec = arith
-    vdir = variant(root, "bad-" + words.split(":")[0], {"sft_frac": 0.1}, replace)
+    vdir = variant(root, "bad-" + "".join(c if c.isalnum() else "-" for c in words), {"sft_frac": 0.1}, replace)
     with pytest.raises(zygote.ChildFailed, match=words):
         train(root, spec, vdir, 50_000, "evolve.harness:smoke_rank", max_steps=2, smoke=True)
 
