@@ -231,6 +231,14 @@ def _save_checkpoint(engine, path: Path, state: dict, rank: int) -> None:
         os.replace(tmp, path / CHECKPOINT_STATE)
 
 
+def save_result(engine, out_dir: Path, summary: dict) -> None:
+    """Rank 0's last act: the weights, then summary.json, whose appearance starts the sealed evaluation."""
+    engine.module.save_pretrained(out_dir / "model", safe_serialization=True)
+    tmp = out_dir / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary))
+    os.replace(tmp, out_dir / "summary.json")
+
+
 PROTECTED_MODULES = ("evolve.harness", "evolve.rl", "evolve.sandbox", "evolve.zygote")
 
 
@@ -391,8 +399,5 @@ def _train(config: dict, rank: int, world: int, out_dir: Path, report) -> dict:
                "first_step_at": t_first, "last_step_at": t_last, "world_size": world,
                "checkpoint_seconds": ckpt_seconds, "resumed_at_tokens": start_tokens if resume else None}
     if rank == 0 and not smoke:
-        engine.module.save_pretrained(out_dir / "model", safe_serialization=True)
-        tmp = out_dir / "summary.json.tmp"
-        tmp.write_text(json.dumps(summary))
-        os.replace(tmp, out_dir / "summary.json")
+        save_result(engine, out_dir, summary)
     return summary

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from evolve import sandbox
 from evolve.harness import (RecipeError, _check_untouched, _snapshot, build_model, deepspeed_settings,
-                            load_recipe, load_settings)
+                            load_recipe, load_settings, save_result)
 
 HOOKS = ("model_config", "optimizer", "lr_multiplier", "deepspeed_config", "plan", "batches", "sft_loss",
          "reward", "advantages", "rl_loss")
@@ -308,8 +308,5 @@ def train(config: dict, rank: int, world: int, out_dir: Path, report) -> dict:
                "setup_seconds": t_first - t_setup, "first_step_at": t_first, "last_step_at": t_last,
                "world_size": world, "checkpoint_seconds": 0.0, "resumed_at_tokens": None}
     if rank == 0 and not smoke:
-        engine.module.save_pretrained(out_dir / "model", safe_serialization=True)
-        tmp = out_dir / "summary.json.tmp"
-        tmp.write_text(json.dumps(summary))
-        tmp.replace(out_dir / "summary.json")
+        save_result(engine, out_dir, summary)
     return summary
