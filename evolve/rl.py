@@ -167,7 +167,8 @@ def _indices(batches, size: int, n: int, phase: str) -> list[int]:
     return list(idx)
 
 
-def _finite_scalar(value, hook: str):
+def _scalar(value, hook: str):
+    """Returns a hook's loss if it is a scalar tensor (`optimize` checks it is finite); RecipeError if not."""
     import torch
 
     if not isinstance(value, torch.Tensor) or value.dim() != 0:
@@ -266,10 +267,11 @@ def train(config: dict, rank: int, world: int, out_dir: Path, report) -> dict:
         x, y, mask = answer_tensors([demos[i] for i in _indices(batches, sft_bs, len(demos), "sft")],
                                     answer_bytes, end, device)
         tokens += sft_micro_tokens
-        optimize(_finite_scalar(recipe.sft_loss(engine(input_ids=x).logits, y, mask, settings), "sft_loss"), "sft")
+        optimize(_scalar(recipe.sft_loss(engine(input_ids=x).logits, y, mask, settings), "sft_loss"), "sft")
         train_seconds += time.perf_counter() - t0
 
-    reference = copy.deepcopy(engine.module).eval().requires_grad_(False)  # the warmed-up model, frozen
+    # the warmed-up model, frozen (no copy when the plan leaves no RL steps)
+    reference = copy.deepcopy(engine.module).eval().requires_grad_(False) if rl_steps else None
     batches = recipe.batches(list(shard), "rl", prompts, settings, generator)
     for _ in range(rl_steps * gas):
         t0 = time.perf_counter()
@@ -298,7 +300,7 @@ def train(config: dict, rank: int, world: int, out_dir: Path, report) -> dict:
                               settings)
         reward_sum, reward_n = reward_sum + rewards.sum().item(), reward_n + rewards.numel()
         tokens += rl_micro_tokens
-        optimize(_finite_scalar(loss, "rl_loss"), "rl")
+        optimize(_scalar(loss, "rl_loss"), "rl")
         train_seconds += time.perf_counter() - t0
 
     t_last = time.time()
