@@ -5,6 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 [ -x .venv/bin/python ] || python3 -m venv .venv
+# the sandbox's system-call filter needs the system's libseccomp (in every Debian and Ubuntu image)
+ldconfig -p 2>/dev/null | grep 'libseccomp\.so\.2' >/dev/null \
+  || echo "setup.sh: libseccomp is missing: install it (apt-get install libseccomp2) or run with trial.sandbox=off"
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -c constraints.txt -e '.[test]'
 # DeepSpeed compiles its CPU communication op on first use (about a minute

@@ -188,9 +188,8 @@ def run_baseline(spec: Spec, run_dir: str | os.PathLike, method: str, log=print)
         checkpoints = tune.CheckpointConfig(num_to_keep=PBT_INTERVALS)  # a donor's may be any of them
     init_ray(spec, num_cpus=os.cpu_count())
     slots = SlotPool(spec.budget.concurrent, context["resources"], context["train_storage"], context["slots"], log=log)
-    zygote_pid = None
     try:
-        zygote_pid = zygote.ping(zygote.ensure())
+        zygote.ensure(search=context["search"])
         tuner = tune.Tuner(
             # the constants go beside the space, which searchers flatten and parse
             tune.with_resources(tune.with_parameters(baseline_trainable, ctx={
@@ -204,8 +203,7 @@ def run_baseline(spec: Spec, run_dir: str | os.PathLike, method: str, log=print)
         grid = tuner.fit()
     finally:
         slots.close()
-        if zygote_pid is not None and zygote.ping() == zygote_pid:
-            zygote.shutdown()
+        zygote.shutdown(search=context["search"])
     rows = []
     for r in grid:
         if r.metrics is None or "result_json" not in r.metrics:

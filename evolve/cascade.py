@@ -127,7 +127,7 @@ def smoke_run(files: dict[str, bytes], context: dict, work_dir: str, steps: int,
                                  env={"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"},
                                  log=str(work / "smoke.log"), recipe=str(variant_dir / "recipe.py"),
                                  on_report=seen.append, timeout_s=timeout_s,
-                                 sandbox=policy_for(context, str(out_dir)))
+                                 sandbox=policy_for(config, str(out_dir)), search=context.get("search", ""))
         except zygote.ChildFailed as e:
             raise Rejected("smoke" if seen else "import", str(e)) from None
         return float(result["seconds"])

@@ -120,8 +120,11 @@ class Trial:
     checkpoint_tokens: int = 0
     # times a trial is retried (from its checkpoint) when a rank's process or worker is lost
     max_failures: int = 2
-    sandbox: bool = True  # each rank runs the variant in evolve.sandbox's walls
+    # the walls around each rank (evolve.sandbox): "auto" (full where user namespaces work, else
+    # unprivileged), "full", "unprivileged" or "off"; true and false (older specs) mean auto and off
+    sandbox: str = "auto"
     memory_gb: float = 8.0  # the most memory a rank's process may allocate (0: no cap)
+    disk_gb: float = 20.0  # the most a trial's folder may hold, checkpoints and weights included (0: no cap)
     timeout_s: float = 3600.0  # a rank still running after this long is killed (0: never)
 
 
@@ -185,8 +188,14 @@ def _type_name(t: Any) -> str:
     return getattr(t, "__name__", str(t))
 
 
+LEGACY = {"trial.sandbox": {True: "auto", False: "off"}}  # older specs' values, read as today's
+SANDBOX_LEVELS = ("auto", "full", "unprivileged", "off")
+
+
 def _coerce(name: str, value: Any, typ: Any) -> Any:
     """Returns `value` checked (and widened int->float) against `typ`."""
+    if name in LEGACY and isinstance(value, bool):
+        value = LEGACY[name][value]
     if dataclasses.is_dataclass(typ):
         if not isinstance(value, dict):
             raise SpecError(f"{name}: expected a mapping, got {value!r}")
@@ -340,6 +349,10 @@ def _check(spec: Spec) -> None:
         raise SpecError(f"confirm.flag_sigmas: must be above 0, got {c.flag_sigmas!r}")
     if t.memory_gb < 0:
         raise SpecError(f"trial.memory_gb: must be 0 (no cap) or more, got {t.memory_gb!r}")
+    if t.disk_gb < 0:
+        raise SpecError(f"trial.disk_gb: must be 0 (no cap) or more, got {t.disk_gb!r}")
+    if t.sandbox not in SANDBOX_LEVELS:
+        raise SpecError(f"trial.sandbox: expected one of {', '.join(SANDBOX_LEVELS)}, got {t.sandbox!r}")
     if t.timeout_s < 0:
         raise SpecError(f"trial.timeout_s: must be 0 (never) or more, got {t.timeout_s!r}")
 

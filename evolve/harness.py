@@ -128,6 +128,8 @@ def run_rank(report, config: dict, rank: int, world: int) -> None:
     backend = "nccl" if config["resources"]["gpus_per_worker"] > 0 else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        # every NCCL connection at the communicator's start, before the sandbox's filter (see below)
+        os.environ.setdefault("NCCL_RUNTIME_CONNECT", "0")
     dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world)
     _init_deepspeed_comm(backend)
     try:
@@ -149,11 +151,25 @@ def _init_deepspeed_comm(backend: str) -> None:
     """Sets up DeepSpeed's communication (and loads its CPU op) now, before any variant code runs.
 
     `deepspeed.initialize` would otherwise do it, and loading the op checks
-    the compiler with subprocesses, which the sandbox's guard refuses.
+    the compiler with subprocesses, which the sandbox refuses. The process
+    group DeepSpeed clones for data parallelism is made now too, and one
+    collective runs on each group: once the sandbox's filter is up, the
+    rank can open no connection, so every connection it will use (gloo's
+    pairs, NCCL's communicators) must exist before.
     """
     import deepspeed
+    import torch
+    import torch.distributed as dist
+    from deepspeed.utils import groups
 
+    if backend == "gloo":  # DeepSpeed's shared-memory all-reduce serves inference only: no /dev/shm needed
+        import deepspeed.comm.torch as ds_torch
+
+        ds_torch.build_shm_op = lambda: None
     deepspeed.init_distributed(dist_backend=backend)
+    device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+    for group in (None, groups._clone_world_group()):
+        dist.all_reduce(torch.zeros(1, device=device), group=group)
 
 
 def smoke_rank(report, config: dict) -> dict:
@@ -282,7 +298,7 @@ def _train(config: dict, rank: int, world: int, out_dir: Path, report) -> dict:
     dev_tokens, report_every = int(task.get("dev_tokens", 8192)), int(config["report_every"])
     vocab = int(json.loads((Path(config["data_dir"]) / "meta.json").read_text())["vocab_size"])
     untouched = _snapshot()
-    sandbox.guard()  # no-op outside a sandbox
+    sandbox.confine()  # the last walls, before any of the variant's code (a no-op outside a sandbox)
     recipe = load_recipe(config["variant_dir"])
     _check_untouched(untouched, "importing recipe.py")
     settings = load_settings(config["variant_dir"])

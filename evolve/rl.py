@@ -197,7 +197,7 @@ def train(config: dict, rank: int, world: int, out_dir: Path, report) -> dict:
     demos = problems[: int(meta.get("demo_problems") or len(problems))][rank::world]
     dev = read_problems(data_dir / "dev.bin")
     untouched = _snapshot()
-    sandbox.guard()  # no-op outside a sandbox
+    sandbox.confine()  # the last walls, before any of the variant's code (a no-op outside a sandbox)
     recipe = load_recipe(config["variant_dir"], HOOKS)
     _check_untouched(untouched, "importing recipe.py")
     settings = load_settings(config["variant_dir"])

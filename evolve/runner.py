@@ -67,24 +67,35 @@ def max_trials(spec: Spec) -> int:
     return spec.budget.trials + ((1 + 2 * c.top) * c.seeds if c.top else 0)
 
 
-def sandbox_policy(spec: Spec, run_dir: Path) -> dict | None:
+def sandbox_policy(spec: Spec, run_dir: Path, log=print) -> dict | None:
     """Returns what every rank's sandbox hides and caps (see `evolve.sandbox`), or None without one.
 
     Hidden: the held-out split and whatever the sealed `harness/data.py`
-    names in `sources(task)` (the corpus it was cut from). Raises SpecError,
-    one line, if this machine cannot set the sandbox up.
+    names in `sources(task)` (the corpus it was cut from); the run folder,
+    the zygotes' folder and Ray's temporary folder as whole trees. Prints
+    the level in one line. Raises SpecError, one line, if this machine can
+    set up no level that `trial.sandbox` allows.
     """
-    if not spec.trial.sandbox:
+    out = subprocess.run([sys.executable, "-m", "evolve.sandbox", spec.trial.sandbox],
+                         capture_output=True, text=True)
+    try:
+        answer = json.loads(out.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        why = (out.stderr.strip().splitlines() or ["no answer"])[-1]
+        raise SpecError(f"trial.sandbox: the sandbox check failed ({why})") from None
+    if spec.trial.sandbox == "off":
+        log(answer["line"])
         return None
-    out = subprocess.run([sys.executable, "-m", "evolve.sandbox"], capture_output=True, text=True)
-    if out.returncode != 0:
-        why = (out.stdout.strip() or out.stderr.strip().splitlines()[-1:] or ["unknown"])[-1]
-        raise SpecError(f"trial.sandbox: this machine cannot set up the variants' sandbox ({why}); "
-                        f"set trial.sandbox=false to train variants without it (see the README's threat model)")
+    if answer["level"] is None:
+        raise SpecError(f"trial.sandbox: this machine cannot set up the variants' sandbox "
+                        f"({answer['line']}); trial.sandbox=off trains variants without it (see docs/THREATS.md)")
+    log(answer["line"])
     module = load_module(spec.path("harness/data.py"), "evolve_sealed_data")
     sources = [str(p) for p in module.sources(spec.task)] if hasattr(module, "sources") else []
-    return {"hidden": [str((run_dir / "data" / "heldout.bin").resolve()), *sources],
-            "memory_bytes": int(spec.trial.memory_gb * 2**30)}
+    trees = [str(zygote.folder()), os.environ.get("RAY_TMPDIR") or "/tmp/ray"]
+    return {"level": answer["level"], "hidden": [str((run_dir / "data" / "heldout.bin").resolve()), *sources],
+            "hidden_trees": trees, "memory_bytes": int(spec.trial.memory_gb * 2**30),
+            "disk_bytes": int(spec.trial.disk_gb * 2**30)}
 
 
 def worker_env(spec: Spec) -> dict[str, str]:
@@ -116,14 +127,19 @@ def init_ray(spec: Spec, num_cpus: int | None = None) -> None:
                         f"or unset RAY_ADDRESS for a local one") from None
 
 
-def prepare_run(spec: Spec, run_dir: Path) -> tuple[dict, dict]:
+def search_key(run_dir: Path) -> str:
+    """Returns the name of a search's own slot board and zygotes: unique to its run folder."""
+    return f"evolve-slots-{hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:12]}"
+
+
+def prepare_run(spec: Spec, run_dir: Path, log=print) -> tuple[dict, dict]:
     """Does a search's one-time steps; returns (data meta, fields every trial config carries)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(run_dir / "spec.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False).encode())
     meta = prepare_data(spec, run_dir)
     sealed = seal(spec, run_dir)
     storage.sync(run_dir)  # a run folder in cloud storage has its data there before any trial
-    walls = sandbox_policy(spec, run_dir)
+    walls = sandbox_policy(spec, run_dir, log)
     if spec.trial.gpus_per_worker == 0:
         load_cpu_comm_op()  # built once here, before trials race to
     context = {
@@ -134,8 +150,8 @@ def prepare_run(spec: Spec, run_dir: Path) -> tuple[dict, dict]:
         "checkpoint_tokens": spec.trial.checkpoint_tokens,
         "sandbox": walls, "timeout_s": spec.trial.timeout_s,
         "train_storage": str(run_dir / "train"),
-        # the search's slot board: a named actor, unique to the run directory
-        "slots": f"evolve-slots-{hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:12]}",
+        # the search's slot board (a named actor) and its zygotes: unique to the run directory
+        "slots": search_key(run_dir), "search": search_key(run_dir),
         "resources": {"workers": spec.trial.workers, "cpus_per_worker": spec.trial.cpus_per_worker,
                       "gpus_per_worker": spec.trial.gpus_per_worker,
                       "placement": spec.trial.placement},
@@ -190,7 +206,7 @@ def run_search(spec: Spec, run_dir: str | os.PathLike, log=print, verbose: int =
     if any((run_dir / "population").glob("*.parquet")) or (run_dir / "tune" / "tuner.pkl").exists():
         raise SpecError(f"--run-dir: {str(run_dir)!r} already holds a search; "
                         f"choose another folder, or continue it with: evolve resume {run_dir}")
-    meta, context = prepare_run(spec, run_dir)
+    meta, context = prepare_run(spec, run_dir, log)
     store = Store(run_dir)
     log(f"evolve: {spec.name}: {spec.budget.trials} trials, {spec.budget.concurrent} at once, "
         f"{spec.budget.train_tokens:,} tokens each ({meta['train_tokens']:,} training bytes); "
@@ -239,7 +255,7 @@ def resume_search(run_dir: str | os.PathLike, log=print) -> None:
                         f"search's state; start it again with evolve run")
     tuner = _restore_tuner(tune_dir)  # before anything starts: a corrupt state is one line
     hold_api_keys(spec)
-    meta, context = prepare_run(spec, run_dir)
+    meta, context = prepare_run(spec, run_dir, log)
     for name in Store(run_dir).sweep_temporaries():
         log(f"evolve: resume: removed {name}, a write the interrupted driver never finished")
     n = sum(1 for _ in (run_dir / "population").glob("*.parquet"))
@@ -272,15 +288,15 @@ def _fit(spec: Spec, context: dict, make_tuner, log) -> None:
     """Starts the slots and the zygote, runs Tune to the end, and stops them again."""
     from evolve.slots import SlotPool
 
-    zygote_pid, slots = None, None
+    slots = None
     try:
         # The slots' worker groups start once and then train trial after trial.
         slots = SlotPool(spec.budget.concurrent, context["resources"], context["train_storage"],
                          context["slots"], log=log)
-        zygote_pid = zygote.ping(zygote.ensure())  # warm before the first trial, not inside it
+        # warm before the first trial, not inside it; this search's own, which only it stops
+        zygote.ensure(search=context["search"])
         make_tuner().fit()
     finally:
         if slots is not None:
             slots.close()
-        if zygote_pid is not None and zygote.ping() == zygote_pid:  # ours, not another search's
-            zygote.shutdown()
+        zygote.shutdown(search=context["search"])

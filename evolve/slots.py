@@ -235,7 +235,7 @@ def _run_rank(board, slot: int, job: dict, rank: int, world: int, local_rank: in
                         env=env, log=str(out_dir / f"rank{rank}.log"),
                         recipe=str(Path(config["variant_dir"]) / "recipe.py"), on_report=report,
                         cancel=cancel, timeout_s=config.get("timeout_s") or None,
-                        sandbox=policy_for(config, str(out_dir)))
+                        sandbox=policy_for(config, str(out_dir)), search=config.get("search", ""))
         finally:
             cancel.set()  # ends the watcher
         return None

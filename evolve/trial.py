@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
+import tempfile
 import time
 import uuid
 from pathlib import Path
 
 from evolve import zygote
+from evolve.evaluation import EvaluationError, max_weight_bytes, seal_model
 from evolve.harness import one_line
 from evolve.slots import LOST
 from evolve.store import Store, atomic_write
@@ -50,8 +51,6 @@ def train_variant(config: dict, on_report=None) -> dict:
     slot = None
     while slot is None:  # every slot busy or starting: wait (Tune runs no more trials than slots)
         slot = ray.get(board.acquire.remote(SLOT_WAIT_S))
-    # The sealed evaluation starts as soon as rank 0 has written its summary.
-    evaluation = _EvaluationWhenReady(out_dir, config)
     try:
         errors = _run_on_slot(board, slot, config, on_report)
     finally:  # also when Tune stops this trial: the relays then kill the job's children
@@ -62,16 +61,17 @@ def train_variant(config: dict, on_report=None) -> dict:
         except (OSError, ValueError) as e:
             errors = {0: f"rank 0 ended without a readable summary.json: {one_line(e)}"}
     if errors and next(iter(errors.values())).startswith(LOST):  # not the variant's doing
-        evaluation.wait(trained=False)
         raise TrialLost(next(iter(errors.values()))[len(LOST):])
     if errors:  # the variant failed in training: record why (the first rank to fail), keep searching
         result["failure_reason"] = next(iter(errors.values()))
-    metrics, error = evaluation.wait(trained=bool(result["summary"]))
+        result["summary"] = {}
     if result["summary"]:
+        t_eval = time.time()
+        metrics, error = evaluate(out_dir, config)
         if error is None:
             result.update(status="completed", metrics=metrics, fitness=metrics[config["metric"]],
-                          eval_seconds=evaluation.seconds)
-        else:  # sealed files changed, or the weights do not load
+                          eval_seconds=time.time() - t_eval)
+        else:  # sealed files changed, or the weights are not what the harness would have built
             result["failure_reason"] = f"sealed evaluation: {error}"
     result["trial_seconds"] = time.time() - t0
     result["trial_started_at"] = t0
@@ -100,41 +100,29 @@ def _run_on_slot(board, slot: int, config: dict, on_report) -> dict:
             return {int(r): e for r, e in st["errors"].items() if e != "cancelled"} or st["errors"]
 
 
-class _EvaluationWhenReady:
-    """Runs the sealed evaluation in a zygote child once summary.json appears."""
+def evaluate(out_dir: Path, config: dict) -> tuple[dict | None, str | None]:
+    """Returns (metrics, None) or (None, one-line error) of the sealed evaluation of a trained trial.
 
-    POLL_S = 0.05
-
-    def __init__(self, out_dir: Path, config: dict):
-        self.out_dir, self.config = out_dir, config
-        self.metrics, self.error, self.seconds = None, None, None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not (self.out_dir / "summary.json").exists():
-            if self._stop.wait(self.POLL_S):
-                return
-        t0 = time.time()
-        try:
-            self.metrics = zygote.call("evolve.evaluation:evaluate_saved", {
-                "model_dir": str(self.out_dir / "model"), "experiment_root": self.config["experiment_root"],
-                "heldout": str(Path(self.config["data_dir"]) / "heldout.bin"),
-                "task": self.config["task"], "sealed": self.config["sealed"]},
-                log=str(self.out_dir / "evaluate.log"))
-        except Exception as e:
-            self.error = str(e) if isinstance(e, zygote.ChildFailed) else one_line(e)
-        self.seconds = time.time() - t0
-
-    def wait(self, trained: bool) -> tuple[dict | None, str | None]:
-        """Returns (metrics, error); stops waiting at once if training failed."""
-        if not trained:
-            self._stop.set()
-        self._thread.join()
-        if trained and self.metrics is None and self.error is None:
-            self.error = "the evaluation did not run (no summary.json)"
-        return self.metrics, self.error
+    Every rank has exited (its supervisor answers only then), so nothing of
+    the variant runs any more: the weights are copied out of the trial
+    folder into a folder no sandbox sees, checked, and evaluated there in
+    a fresh zygote child.
+    """
+    sealed_dir = Path(tempfile.mkdtemp(prefix="eval-", dir=zygote.folder()))
+    try:
+        model = seal_model(out_dir / "model", sealed_dir / "model", max_weight_bytes(config["task"]))
+        metrics = zygote.call("evolve.evaluation:evaluate_saved", {
+            "model_dir": str(model), "experiment_root": config["experiment_root"],
+            "heldout": str(Path(config["data_dir"]) / "heldout.bin"),
+            "task": config["task"], "sealed": config["sealed"]},
+            log=str(out_dir / "evaluate.log"), search=config.get("search", ""))
+        return metrics, None
+    except zygote.ChildFailed as e:
+        return None, str(e)
+    except (EvaluationError, OSError) as e:
+        return None, one_line(e)
+    finally:
+        shutil.rmtree(sealed_dir, ignore_errors=True)
 
 
 def report_point(point: dict, end_time: bool = True) -> None:

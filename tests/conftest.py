@@ -5,6 +5,10 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # Ray stays on 127.0.0.1
+# the test functions that zygotes started in tests may run, besides evolve's own entry points
+os.environ.setdefault("EVOLVE_ZYGOTE_ENTRY_POINTS", ",".join(
+    f"tests.zygote_targets:{f}" for f in ("identify", "poison", "is_poisoned", "fail", "die", "sleep",
+                                           "spawn_and_sleep", "walls")))
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_LM = ROOT / "experiments" / "tiny_lm"

@@ -53,7 +53,8 @@ def test_a_child_exits_when_its_caller_goes_away(warm, tmp_path):
 
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.connect(str(warm))
-    s.sendall((json.dumps({"op": "call", "fn": "tests.zygote_targets:sleep", "kwargs": {"s": 60}}) + "\n").encode())
+    s.sendall((json.dumps({"op": "call", "secret": zygote.secret(warm), "fn": "tests.zygote_targets:sleep",
+                          "kwargs": {"s": 60}}) + "\n").encode())
     pid = json.loads(s.makefile("r").readline())["pid"]
     s.close()
     for _ in range(100):
@@ -104,3 +105,44 @@ def test_a_cancelled_call_is_killed(warm, tmp_path):
         if not _gone(pid):
             os.kill(pid, signal.SIGKILL)
             pytest.fail(f"process {pid} outlived its cancelled call")
+
+
+def _ask(path, request: dict) -> dict:
+    import json
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(str(path))
+        s.sendall((json.dumps(request) + "\n").encode())
+        return json.loads(s.makefile("r").readline())
+
+
+def test_the_zygote_serves_only_its_search_and_its_entry_points(warm):
+    key = zygote.secret(warm)
+    assert _ask(warm, {"op": "call", "fn": "evolve.harness:run_rank", "kwargs": {}}) == {
+        "error": "zygote: wrong secret: not this search's zygote"}
+    assert _ask(warm, {"op": "call", "secret": "0" * 64, "fn": "tests.zygote_targets:identify"})["error"] == (
+        "zygote: wrong secret: not this search's zygote")
+    assert _ask(warm, {"op": "call", "secret": key, "fn": "os:system", "kwargs": {"command": "true"}}) == {
+        "error": "zygote: 'os:system' is not an entry point"}
+    assert _ask(warm, {"op": "call", "secret": key, "fn": "tests.zygote_targets:identify", "kwargs": {"n": 0},
+                       "env": {"LD_PRELOAD": "/tmp/x.so"}}) == {
+        "error": "zygote: environment variable 'LD_PRELOAD' may not be set"}
+    assert _ask(warm, {"op": "shutdown"}) == {"error": "zygote: wrong secret: not this search's zygote"}
+    assert zygote.ping(warm)  # still serving
+    assert oct(os.stat(zygote.folder()).st_mode & 0o777) == "0o700"
+    assert oct(os.stat(warm.with_suffix(".secret")).st_mode & 0o777) == "0o600"
+
+
+def test_each_search_has_its_own_zygote(warm):
+    other = zygote.ensure(search="another-search")
+    try:
+        assert other != warm and zygote.ping(other) != zygote.ping(warm)
+        assert zygote.secret(other) != zygote.secret(warm)
+    finally:
+        assert zygote.shutdown(search="another-search")
+    for _ in range(50):
+        if zygote.ping(other) is None:
+            break
+        time.sleep(0.1)
+    assert zygote.ping(other) is None and zygote.ping(warm)  # the other search's stop left ours alone

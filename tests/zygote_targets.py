@@ -47,3 +47,12 @@ def spawn_and_sleep(report, s, pidfile):
     with open(pidfile, "w") as f:
         f.write(f"{os.getpid()} {grandchild.pid}")
     time.sleep(s)
+
+
+def walls(report):
+    """Raises the rank's last walls as the harness does; returns how long the seccomp step took."""
+    from evolve import sandbox
+
+    t0 = time.perf_counter()
+    sandbox.confine()
+    return {"confine_s": time.perf_counter() - t0, "entered": sandbox.entered()}
