@@ -64,7 +64,8 @@ def cmd_run(args) -> int:
     from evolve.config import load_spec
     from evolve.runner import run_search
 
-    spec = load_spec(args.experiment, args.overrides)
+    overrides = list(args.overrides) + ([f"trial.peak_tflops={args.peak_tflops}"] if args.peak_tflops else [])
+    spec = load_spec(args.experiment, overrides)
     target = run_target(spec, args.run_dir)
     if storage.is_uri(target) and storage.Mirror(storage.local_copy(target), target).exists("spec.yaml"):
         raise SpecError(f"--run-dir: {target!r} already holds a search; "
@@ -116,9 +117,22 @@ def status_lines(run_dir: str, pop=None) -> list[str]:
              f"cost: {trial:.0f} trial-seconds, {train:.0f} of them training; "
              f"{int(pop['tokens_trained'].fillna(0).sum()) if not pop.empty else 0:,} tokens trained",
              f"lineage depth: {pop.depth()}"]
+    lines += speed_lines(pop)
     lines += agent_lines(run_dir)
     lines += [ln.replace("best:", "single-run leader:", 1) for ln in summary_lines(run_dir, pop)[1:2]]
     return lines + confirm.lines(confirm.load_verdict(run_dir))
+
+
+def speed_lines(pop) -> list[str]:
+    """Returns the GPU-hours spent and the MFU reached, when the trials ran on GPUs."""
+    if pop.empty or "gpu_hours" not in pop or not pop["gpu_hours"].fillna(0).any():
+        return []
+    util = pop["mfu"].dropna()
+    line = f"GPU: {pop['gpu_hours'].fillna(0).sum():.2f} GPU-hours"
+    if not util.empty:
+        best = pop.loc[util.idxmax()]
+        line += f"; MFU median {util.median():.1%}, best {util.max():.1%} ({best['variant_id']})"
+    return [line]
 
 
 def cmd_status(args) -> int:
@@ -275,6 +289,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("overrides", nargs="*", help="key=value spec overrides, e.g. budget.trials=4")
     r.add_argument("--run-dir", help="where the run is kept: a folder or an s3:// or gs:// URI "
                                      "(default <storage>/<name> with storage=..., else runs/<name>)")
+    r.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak for MFU "
+                                                     "(default: looked up by the GPU's name)")
     r.set_defaults(func=cmd_run)
     rs = sub.add_parser("resume", help="continue an interrupted search from its run folder")
     rs.add_argument("run_dir", help="the run folder of the search")

@@ -125,6 +125,8 @@ class Trial:
     sandbox: str = "auto"
     memory_gb: float = 8.0  # the most memory a rank's process may allocate (0: no cap)
     disk_gb: float = 20.0  # the most a trial's folder may hold, checkpoints and weights included (0: no cap)
+    # the device's dense bf16 peak in TFLOPs for MFU (0: from evolve.mfu's table by the GPU's name)
+    peak_tflops: float = 0.0
     timeout_s: float = 3600.0  # a rank still running after this long is killed (0: never)
 
 
@@ -349,6 +351,8 @@ def _check(spec: Spec) -> None:
         raise SpecError(f"confirm.flag_sigmas: must be above 0, got {c.flag_sigmas!r}")
     if t.memory_gb < 0:
         raise SpecError(f"trial.memory_gb: must be 0 (no cap) or more, got {t.memory_gb!r}")
+    if t.peak_tflops < 0:
+        raise SpecError(f"trial.peak_tflops: must be 0 (the device's table entry) or more, got {t.peak_tflops!r}")
     if t.disk_gb < 0:
         raise SpecError(f"trial.disk_gb: must be 0 (no cap) or more, got {t.disk_gb!r}")
     if t.sandbox not in SANDBOX_LEVELS:

@@ -22,12 +22,13 @@ from pathlib import Path
 
 import yaml
 
-from evolve import sandbox
+from evolve import mfu, performance, sandbox
 
 HOOKS = ("model_config", "optimizer", "lr_multiplier", "deepspeed_config", "batches", "loss")
 # GPT2Config fields a recipe may not set: the harness fixes vocabulary and context.
 RESERVED_MODEL_KEYS = ("vocab_size", "n_positions", "n_ctx", "bos_token_id", "eos_token_id")
 ALLOWED_DS_KEYS = ("zero_stage", "gradient_accumulation_steps", "gradient_clipping")
+DEV_WINDOWS = 8  # dev-loss windows per forward pass (a GPT-2 small's logits are 200 MB a window)
 CHECKPOINT_TAG = "engine"  # DeepSpeed's tag inside a checkpoint folder
 CHECKPOINT_STATE = "evolve_state.json"  # written last: a checkpoint without it is unfinished
 
@@ -74,7 +75,8 @@ def one_line(exc: BaseException, recipe_path: str | None = None) -> str:
     return (text[:400] + "...") if len(text) > 400 else text + where
 
 
-def build_model(recipe, settings: dict, vocab_size: int, context: int, param_cap: int):
+def build_model(recipe, settings: dict, vocab_size: int, context: int, param_cap: int,
+                attention: str | None = None):
     """Returns the GPT-2 the recipe asks for, after checking it against the cap."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -86,6 +88,8 @@ def build_model(recipe, settings: dict, vocab_size: int, context: int, param_cap
         raise RecipeError(f"model_config: {', '.join(bad)} is fixed by the harness")
     config = GPT2Config(vocab_size=vocab_size, n_positions=context, bos_token_id=None,
                         eos_token_id=None, **kwargs)
+    if attention:  # the recipe's performance choice; else transformers' default (sdpa where torch has it)
+        config._attn_implementation = attention
     model = GPT2LMHeadModel(config)
     n_params = sum(p.numel() for p in model.parameters())
     if n_params > param_cap:
@@ -163,9 +167,8 @@ def _init_deepspeed_comm(backend: str) -> None:
     from deepspeed.utils import groups
 
     if backend == "gloo":  # DeepSpeed's shared-memory all-reduce serves inference only: no /dev/shm needed
-        import deepspeed.comm.torch as ds_torch
-
-        ds_torch.build_shm_op = lambda: None
+        importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None  # (`deepspeed.comm.torch`
+        # as an attribute is the torch package itself)
     deepspeed.init_distributed(dist_backend=backend)
     device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
     for group in (None, groups._clone_world_group()):
@@ -203,20 +206,33 @@ def solo_rank(report, config: dict) -> dict:
         dist.destroy_process_group()
 
 
-def _dev_loss(model, dev, seq: int) -> float:
+def _dev_loss(model, dev, seq: int, autocast: str | None = None) -> float:
+    """Returns the mean next-token loss on `dev` in windows of `seq`, 8 windows at a time."""
     import torch
 
     n = (len(dev) - 1) // seq
     device = next(model.parameters()).device  # a GPU's, where DeepSpeed put the model
-    x = dev[: n * seq].view(n, seq).long().to(device)
-    y = dev[1: n * seq + 1].view(n, seq).long().to(device)
+    x = dev[: n * seq].view(n, seq).long()
+    y = dev[1: n * seq + 1].view(n, seq).long()
     was_training = model.training
     model.eval()
-    with torch.no_grad():
-        logits = model(input_ids=x).logits.float()
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+    total = 0.0
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast == "bf16"):
+        for i in range(0, n, DEV_WINDOWS):
+            logits = model(input_ids=x[i:i + DEV_WINDOWS].to(device)).logits.float()
+            total += torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)),
+                                                       y[i:i + DEV_WINDOWS].to(device).reshape(-1),
+                                                       reduction="sum").item()
     model.train(was_training)
-    return loss.item()
+    return total / (n * seq)
+
+
+def load_tokens(path: Path, dtype: str):
+    """Returns a token file as a 1-D tensor (memory-mapped, copy-on-write: nothing reaches the file)."""
+    import numpy as np
+    import torch
+
+    return torch.from_numpy(np.memmap(path, dtype=np.dtype(dtype), mode="c"))
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
@@ -255,6 +271,66 @@ def save_result(engine, out_dir: Path, summary: dict) -> None:
     os.replace(tmp, out_dir / "summary.json")
 
 
+def plan_performance(recipe, settings: dict, gpu: bool) -> tuple[dict, list[str]]:
+    """Returns the recipe's precision and kernels resolved for this device (see `evolve.performance`)."""
+    import importlib.util
+
+    import torch
+
+    hook = getattr(recipe, "performance", None)
+    choices = hook(settings) if callable(hook) else {}
+    try:
+        return performance.plan(choices, gpu=gpu, sandboxed=sandbox.entered(),
+                                flash_installed=importlib.util.find_spec("flash_attn") is not None,
+                                cpu_bf16=torch.backends.mkldnn.is_available())
+    except performance.PerformanceError as e:
+        raise RecipeError(str(e)) from None
+
+
+class Speedometer:
+    """Tokens per second, model FLOPs per token and MFU of the training loop (see `evolve.mfu`).
+
+    The first optimizer step (warm-up, compilation) is left out of the rates;
+    the trial's wall time still holds it.
+    """
+
+    def __init__(self, model, n_params: int, context: int, config: dict, gpu: bool):
+        import torch
+
+        cfg = model.config
+        wpe = model.transformer.wpe.weight.numel()
+        self.flops_per_token = mfu.flops_per_token(n_params, wpe, cfg.n_layer, cfg.n_embd, context)
+        self.device = torch.cuda.get_device_name() if gpu else "cpu"
+        self.peak = mfu.peak_tflops(self.device if gpu else None, config.get("peak_tflops") or None)
+        self.tokens = self.seconds = 0.0
+        self.since_tokens = self.since_seconds = 0.0
+        self.first = True
+
+    def step(self, tokens: int, seconds: float) -> None:
+        if self.first:
+            self.first = False
+            return
+        self.tokens += tokens
+        self.seconds += seconds
+        self.since_tokens += tokens
+        self.since_seconds += seconds
+
+    def _rates(self, tokens: float, seconds: float) -> dict:
+        rate = tokens / seconds if seconds > 0 else 0.0
+        util = mfu.mfu(rate, self.flops_per_token, self.peak)
+        return {"tokens_per_s": rate, "mfu": util}
+
+    def interval(self) -> dict:
+        """Returns the rates since the last call (a curve point's)."""
+        out = self._rates(self.since_tokens, self.since_seconds)
+        self.since_tokens = self.since_seconds = 0.0
+        return out
+
+    def summary(self) -> dict:
+        return {**self._rates(self.tokens, self.seconds), "flops_per_token": self.flops_per_token,
+                "peak_tflops": self.peak, "device": self.device}
+
+
 PROTECTED_MODULES = ("evolve.harness", "evolve.rl", "evolve.sandbox", "evolve.zygote")
 
 
@@ -285,7 +361,6 @@ def _train(config: dict, rank: int, world: int, out_dir: Path, report) -> dict:
     import warnings
 
     import deepspeed
-    import numpy as np
     import torch
 
     t_setup = time.time()
@@ -296,7 +371,8 @@ def _train(config: dict, rank: int, world: int, out_dir: Path, report) -> dict:
     budget = int(config["train_tokens"])
     param_cap, eval_seq = int(task.get("param_cap", 1_000_000)), int(task.get("eval_seq_len", 128))
     dev_tokens, report_every = int(task.get("dev_tokens", 8192)), int(config["report_every"])
-    vocab = int(json.loads((Path(config["data_dir"]) / "meta.json").read_text())["vocab_size"])
+    meta = json.loads((Path(config["data_dir"]) / "meta.json").read_text())
+    vocab, dtype = int(meta["vocab_size"]), str(meta.get("dtype", "uint8"))
     untouched = _snapshot()
     sandbox.confine()  # the last walls, before any of the variant's code (a no-op outside a sandbox)
     recipe = load_recipe(config["variant_dir"])
@@ -311,9 +387,11 @@ def _train(config: dict, rank: int, world: int, out_dir: Path, report) -> dict:
     seq, bs = int(settings.get("seq_len", 0)), int(settings.get("batch_size", 0))
     if seq < 1 or bs < 1:
         raise RecipeError(f"config.yaml: seq_len and batch_size must be >= 1, got {seq}, {bs}")
+    gpu = torch.cuda.is_available() and config["resources"]["gpus_per_worker"] > 0
+    perf, notes = plan_performance(recipe, settings, gpu)
     context = max(seq, eval_seq)
-    model, n_params = build_model(recipe, settings, vocab, context, param_cap)
-    ds_config = deepspeed_settings(recipe, settings, bs)
+    model, n_params = build_model(recipe, settings, vocab, context, param_cap, perf["attention"])
+    ds_config = {**deepspeed_settings(recipe, settings, bs), **performance.deepspeed_precision(perf)}
     gas = ds_config["gradient_accumulation_steps"]
     tokens_per_micro = bs * seq * world
     start_tokens, start_step, start_micro = ((resume["tokens"], resume["step"], resume["micro"])
@@ -334,6 +412,8 @@ def _train(config: dict, rank: int, world: int, out_dir: Path, report) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, recipe.lr_multiplier(settings, total_steps))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
                                            lr_scheduler=scheduler, config=ds_config)
+    if perf["compile"]:  # compile time counts in the trial's wall time, never in its tokens
+        engine.compile()
     stage = ds_config["zero_optimization"]["stage"]
     same_run = False
     if resume:  # the weights always; the optimizer's state when it is the same optimizer, sharded alike
@@ -352,10 +432,9 @@ def _train(config: dict, rank: int, world: int, out_dir: Path, report) -> dict:
             scheduler.last_epoch = start_step - 1
             scheduler.step()
 
-    train = torch.from_numpy(np.fromfile(Path(config["data_dir"]) / "train.bin", dtype=np.uint8))
+    train = load_tokens(Path(config["data_dir"]) / "train.bin", dtype)
     shard = train[rank * len(train) // world: (rank + 1) * len(train) // world]
-    dev = torch.from_numpy(np.fromfile(Path(config["data_dir"]) / "dev.bin", dtype=np.uint8))
-    dev = dev[: dev_tokens + 1]
+    dev = load_tokens(Path(config["data_dir"]) / "dev.bin", dtype)[: dev_tokens + 1].clone()
     data_seed = config["seed"] * 1000 + rank
     if resume and not same_run:  # other settings: a fresh stream, not the one the saved run was reading
         data_seed += 1_000_003 * start_step
@@ -367,9 +446,13 @@ def _train(config: dict, rank: int, world: int, out_dir: Path, report) -> dict:
 
     ckpt_tokens = 0 if smoke else int(config.get("checkpoint_tokens") or 0)
     next_ckpt = start_tokens + ckpt_tokens if ckpt_tokens else None
+    speed = Speedometer(model, n_params, context, config, gpu)
+    for note in notes:
+        print(f"evolve: {note}", flush=True)
     curve, step, train_seconds, ckpt_seconds, loss_sum, loss_n = [], start_step, 0.0, 0.0, 0.0, 0
     t_first = time.time()
     setup_seconds = t_first - t_setup
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=perf["autocast"] == "bf16")
     engine.train()
     for micro in range(micro_steps):
         t0 = time.perf_counter()
@@ -377,23 +460,29 @@ def _train(config: dict, rank: int, world: int, out_dir: Path, report) -> dict:
         if tuple(x.shape) != (bs, seq) or tuple(y.shape) != (bs, seq):
             raise RecipeError(f"batches: yielded shapes {tuple(x.shape)}, {tuple(y.shape)}; "
                               f"expected ({bs}, {seq}) each")
-        x, y = x.to(engine.device), y.to(engine.device)
-        logits = engine(input_ids=x).logits
-        loss = recipe.loss(logits, y, settings)
+        if perf["pin_memory"]:
+            x, y = x.pin_memory(), y.pin_memory()
+        x, y = x.to(engine.device, non_blocking=True), y.to(engine.device, non_blocking=True)
+        with autocast:
+            logits = engine(input_ids=x).logits
+            loss = recipe.loss(logits, y, settings)
         engine.backward(loss)
         engine.step()
         value = loss.item()
-        train_seconds += time.perf_counter() - t0
+        elapsed = time.perf_counter() - t0
+        train_seconds += elapsed
+        speed.step(tokens_per_micro, elapsed)
         if not math.isfinite(value):
             raise RecipeError(f"training loss became {value} at micro-step {start_micro + micro}")
         loss_sum, loss_n = loss_sum + value, loss_n + 1
         if engine.is_gradient_accumulation_boundary():
             step += 1
             if step % report_every == 0 or step == total_steps:
-                dev_loss = _dev_loss(engine.module, dev, eval_seq)
+                dev_loss = _dev_loss(engine.module, dev, eval_seq, perf["autocast"])
                 tokens = start_tokens + (micro + 1) * tokens_per_micro
                 point = {"step": step, "tokens": tokens, "train_loss": loss_sum / loss_n,
-                         "dev_loss": dev_loss, "last": step == total_steps}
+                         "dev_loss": dev_loss, "last": step == total_steps,
+                         "lr": scheduler.get_last_lr()[0], **speed.interval()}
                 curve.append([tokens, point["train_loss"], dev_loss])
                 loss_sum, loss_n = 0.0, 0
                 if next_ckpt is not None and tokens >= next_ckpt and step < total_steps:
@@ -413,7 +502,8 @@ def _train(config: dict, rank: int, world: int, out_dir: Path, report) -> dict:
     summary = {"curve": curve, "train_seconds": train_seconds, "tokens_trained": micro_steps * tokens_per_micro,
                "n_params": n_params, "optimizer_steps": total_steps, "setup_seconds": setup_seconds,
                "first_step_at": t_first, "last_step_at": t_last, "world_size": world,
-               "checkpoint_seconds": ckpt_seconds, "resumed_at_tokens": start_tokens if resume else None}
+               "checkpoint_seconds": ckpt_seconds, "resumed_at_tokens": start_tokens if resume else None,
+               **speed.summary(), "performance": perf, "notes": notes}
     if rank == 0 and not smoke:
         save_result(engine, out_dir, summary)
     return summary

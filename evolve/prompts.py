@@ -54,6 +54,7 @@ class Candidate:
     curve: list = field(default_factory=list)  # [[tokens, train_loss, dev_loss], ...]
     metrics: dict = field(default_factory=dict)
     rationale: str = ""
+    speed: dict = field(default_factory=dict)  # tokens_per_s, mfu, trial_seconds where measured
 
 
 def curve_summary(curve: list) -> str:
@@ -68,7 +69,19 @@ def _fitness(metric: str, c: Candidate) -> str:
     value = "not measured yet (its trial is still running)" if c.fitness is None else f"{c.fitness:.4f}"
     extra = {k: v for k, v in sorted(c.metrics.items()) if k != metric}
     more = "".join(f", {k} {v:.4f}" if isinstance(v, float) else f", {k} {v}" for k, v in extra.items())
-    return f"{metric}: {value}{more}"
+    return f"{metric}: {value}{more}" + speed_summary(c.speed)
+
+
+def speed_summary(speed: dict) -> str:
+    """Returns a line on how fast a variant trained, or nothing when it was not measured."""
+    parts = []
+    if speed.get("tokens_per_s"):
+        parts.append(f"{speed['tokens_per_s']:,.0f} tokens/s")
+    if speed.get("mfu") is not None:
+        parts.append(f"MFU {speed['mfu']:.1%}")
+    if speed.get("trial_seconds"):
+        parts.append(f"{speed['trial_seconds']:.0f} s per trial")
+    return ("\nspeed: " + ", ".join(parts)) if parts else ""
 
 
 def _files_block(files: dict) -> str:

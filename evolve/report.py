@@ -91,7 +91,8 @@ def render(run_dir: str | Path) -> str:
                  + _table(pop.pareto_front("compute_seconds"))
                  + "<h3>against LLM tokens</h3>" + _table(pop.pareto_front("llm_tokens")))
     done = pop[pop["status"] == "completed"].sort_values("fitness", ascending=pop.mode == "min")
-    top = done.head(10)[["variant_id", "operator", "fitness", "final_dev_loss", "trial_seconds"]]
+    speed = [c for c in ("tokens_per_s", "mfu", "gpu_hours") if c in done and done[c].notna().any()]
+    top = done.head(10)[["variant_id", "operator", "fitness", "final_dev_loss", "trial_seconds", *speed]]
     parts.append("<h2>Best variants</h2>" + _table(top))
     failed = pop[pop["status"] != "completed"][["variant_id", "operator", "status", "failure_reason"]]
     parts.append(f"<h2>Not completed ({len(failed)})</h2>" + _table(failed.head(50)))

@@ -308,7 +308,9 @@ def train(config: dict, rank: int, world: int, out_dir: Path, report) -> dict:
     summary = {"curve": curve, "train_seconds": train_seconds, "tokens_trained": tokens, "n_params": n_params,
                "optimizer_steps": total_steps, "sft_steps": sft_steps, "rl_steps": rl_steps,
                "setup_seconds": t_first - t_setup, "first_step_at": t_first, "last_step_at": t_last,
-               "world_size": world, "checkpoint_seconds": 0.0, "resumed_at_tokens": None}
+               "world_size": world, "checkpoint_seconds": 0.0, "resumed_at_tokens": None,
+               # sampling included: a rollout's tokens are trained tokens here (MFU is the LM loop's)
+               "tokens_per_s": tokens / world / train_seconds if train_seconds > 0 else None}
     if rank == 0 and not smoke:
         save_result(engine, out_dir, summary)
     return summary

@@ -148,7 +148,7 @@ def prepare_run(spec: Spec, run_dir: Path, log=print) -> tuple[dict, dict]:
         "sealed": sealed, "metric": spec.objective.metric, "seed": spec.seed,
         "train_tokens": spec.budget.train_tokens, "report_every": spec.trial.report_every,
         "checkpoint_tokens": spec.trial.checkpoint_tokens,
-        "sandbox": walls, "timeout_s": spec.trial.timeout_s,
+        "sandbox": walls, "timeout_s": spec.trial.timeout_s, "peak_tflops": spec.trial.peak_tflops,
         "train_storage": str(run_dir / "train"),
         # the search's slot board (a named actor) and its zygotes: unique to the run directory
         "slots": search_key(run_dir), "search": search_key(run_dir),

@@ -278,7 +278,8 @@ class EvolveSearcher(Searcher):
         """Takes a recorded result into the searcher's state (scores, best, islands, migration)."""
         curve, fitness = row["curve"], row["fitness"]
         self.results[vid] = {"status": row["status"], "fitness": fitness, "curve": curve,
-                             "metrics": row["metrics"]}
+                             "metrics": row["metrics"], "tokens_per_s": _finite(row.get("tokens_per_s")),
+                             "mfu": _finite(row.get("mfu")), "trial_seconds": _finite(row.get("trial_seconds"))}
         score = pop.score(fitness, self.spec.objective.mode)
         if math.isfinite(score):
             self.scores[vid] = score
@@ -360,4 +361,19 @@ def result_row(v: Variant, trial_id: str, outcome: dict) -> dict:
         "started_at": outcome.get("trial_started_at"),
         "first_step_at": summary.get("first_step_at"), "last_step_at": summary.get("last_step_at"),
         "finished_at": time.time(),
+        "tokens_per_s": _times(summary.get("tokens_per_s"), summary.get("world_size")),
+        "mfu": summary.get("mfu"), "gpu_hours": outcome.get("gpu_hours"),
     }
+
+
+def _finite(x) -> float | None:
+    """Returns `x` as a float, or None for a missing value (None or NaN from an older row)."""
+    try:
+        return float(x) if x is not None and math.isfinite(float(x)) else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _times(rate, world) -> float | None:
+    """Returns a rank's rate times the ranks (every rank trains as fast in data parallelism)."""
+    return None if rate is None else float(rate) * int(world or 1)

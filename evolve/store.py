@@ -51,6 +51,9 @@ RESULT_SCHEMA = pa.schema([
     ("first_step_at", pa.float64()),  # first optimizer step began
     ("last_step_at", pa.float64()),  # last optimizer step ended
     ("finished_at", pa.float64()),  # result recorded
+    ("tokens_per_s", pa.float64()),  # the training loop's throughput, all ranks together
+    ("mfu", pa.float64()),  # model FLOPs utilisation against the device's peak (null on a CPU)
+    ("gpu_hours", pa.float64()),  # the trial's wall time times the GPUs its ranks held
 ])
 
 

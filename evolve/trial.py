@@ -18,7 +18,7 @@ import time
 import uuid
 from pathlib import Path
 
-from evolve import zygote
+from evolve import mfu, zygote
 from evolve.evaluation import EvaluationError, max_weight_bytes, seal_model
 from evolve.harness import one_line
 from evolve.slots import LOST
@@ -74,6 +74,8 @@ def train_variant(config: dict, on_report=None) -> dict:
         else:  # sealed files changed, or the weights are not what the harness would have built
             result["failure_reason"] = f"sealed evaluation: {error}"
     result["trial_seconds"] = time.time() - t0
+    r = config["resources"]
+    result["gpu_hours"] = mfu.gpu_hours(result["trial_seconds"], r["workers"], r["gpus_per_worker"])
     result["trial_started_at"] = t0
     shutil.rmtree(out_dir / "model", ignore_errors=True)  # weights are not kept
     return result

@@ -6,6 +6,7 @@ import time
 import uuid
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from evolve import cli, zygote
@@ -55,6 +56,8 @@ def test_population_is_complete_and_consistent(search):
             assert row["record"]["changes"], row["record"]
         assert pop.curve(row["variant_id"])[-1][0] == 8192 and row["tokens_trained"] == 8192
         assert row["first_step_at"] >= row["started_at"] and row["finished_at"] >= row["last_step_at"]
+        # speed is measured in every trial; on a CPU there is no peak to take MFU against, and no GPU-hour
+        assert row["tokens_per_s"] > 0 and pd.isna(row["mfu"]) and row["gpu_hours"] == 0.0
     # one line per finished variant, each naming its id and the best so far
     finished = [ln for ln in lines if ln.startswith("[") and not ln.startswith("[confirm]")]
     assert len(finished) == 4 and all("| best " in ln for ln in finished)

@@ -158,3 +158,27 @@ def test_a_reader_racing_a_compaction_reads_every_row(tmp_path):
     assert seen and all(n >= 40 for n in seen)  # a row once read is never missed later
     assert seen == sorted(seen)
     assert store.read_results().column("variant_id").to_pylist() == ids
+
+
+def test_a_population_written_before_the_speed_columns_loads_with_them_empty(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from evolve.store import RESULT_SCHEMA, Store
+
+    older = pa.schema([f for f in RESULT_SCHEMA if f.name not in ("tokens_per_s", "mfu", "gpu_hours")])
+    (tmp_path / "population").mkdir()
+    pq.write_table(pa.Table.from_pylist([{"variant_id": "a", "status": "completed", "fitness": 1.0}], schema=older),
+                   tmp_path / "population" / "00000001-a.parquet")
+    table = Store(tmp_path).read_results()
+    assert table.num_rows == 1 and table.column("mfu").to_pylist() == [None]
+
+
+def test_status_shows_gpu_hours_and_mfu_when_trials_ran_on_gpus():
+    import pandas as pd
+
+    from evolve.cli import speed_lines
+
+    pop = pd.DataFrame({"variant_id": ["a", "b", "c"], "gpu_hours": [0.1, 0.2, None], "mfu": [0.31, 0.42, None]})
+    assert speed_lines(pop) == ["GPU: 0.30 GPU-hours; MFU median 36.5%, best 42.0% (b)"]
+    assert speed_lines(pop.assign(gpu_hours=0.0)) == []

@@ -296,8 +296,9 @@ class LLMOperator:
         files = s.store.read_files(s.variants[vid])
         shown = {p: files[p].decode("utf-8", "replace") for p in s.mutable if p in files}
         r = s.results.get(vid) or {}
+        speed = {k: r[k] for k in ("tokens_per_s", "mfu", "trial_seconds") if r.get(k) is not None}
         return Candidate(vid, shown, r.get("fitness"), r.get("curve") or [], r.get("metrics") or {},
-                         s.variants[vid].record.get("rationale", ""))
+                         s.variants[vid].record.get("rationale", ""), speed)
 
     def _child_request(self, s) -> Request:
         island = pop.island_for(self.n_child_requests, len(s.islands))
