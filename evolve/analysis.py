@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from evolve import lineage
+from evolve.config import run_settings
 from evolve.store import Store
 
 
@@ -114,12 +115,7 @@ def efficiency_ratio(curve, seed_curve) -> float | None:
 
 
 def _mode(run_dir: Path) -> str:
-    import yaml
-
-    spec = run_dir / "spec.yaml"
-    if spec.is_file():
-        return (yaml.safe_load(spec.read_text()).get("objective") or {}).get("mode", "min")
-    return "min"
+    return run_settings(run_dir).objective.mode
 
 
 def _json_column(texts) -> list:
@@ -173,12 +169,7 @@ def _local(run_dir: str | Path) -> Path:
 
 
 def workers_per_trial(run_dir: Path) -> int:
-    import yaml
-
-    spec = Path(run_dir) / "spec.yaml"
-    if spec.is_file():
-        return int(((yaml.safe_load(spec.read_text()) or {}).get("trial") or {}).get("workers", 1))
-    return 1
+    return run_settings(run_dir).trial.workers
 
 
 def resolve(run_dir: str | Path, prefix: str) -> str:

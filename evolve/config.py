@@ -26,32 +26,41 @@ class SpecError(ValueError):
     """A spec field has a bad value; the message is one line."""
 
 
+def doc(default, text: str):
+    """A schema field: its default and what it means (the README's spec table is made from these)."""
+    return field(default=default, metadata={"doc": text})
+
+
+def doc_factory(factory, text: str):
+    """A schema field whose default is made by `factory` (a dict, a list, a section)."""
+    return field(default_factory=factory, metadata={"doc": text})
+
+
 @dataclass(frozen=True)
 class Objective:
-    metric: str = "heldout_loss"  # reported by the sealed evaluation
-    mode: str = "min"  # "min" or "max"
+    metric: str = doc("heldout_loss", "reported by the sealed evaluation")
+    mode: str = doc("min", "\"min\" or \"max\"")
 
 
 @dataclass(frozen=True)
 class Budget:
-    trials: int = 16  # variants trained in the whole search, the seed included
-    concurrent: int = 2  # trials at once
-    train_tokens: int = 200_000  # tokens each trial trains on, fixed by the harness
-    # the variant cannot raise it
-    llm_tokens: int = 0  # prompt + completion tokens the LLM operator may spend; 0 = no limit
+    trials: int = doc(16, "variants trained in the whole search, the seed included")
+    concurrent: int = doc(2, "trials at once")
+    train_tokens: int = doc(200_000, "tokens each trial trains on, fixed by the harness: the variant cannot raise it")
+    llm_tokens: int = doc(0, "prompt + completion tokens the LLM operator may spend; 0 = no limit")
 
 
 @dataclass(frozen=True)
 class Heuristic:
     """What the heuristic operator may change in the scaffold's settings file."""
 
-    file: str = "scaffold/config.yaml"  # the YAML file it perturbs (must be mutable)
-    choices: dict = field(default_factory=dict)  # key -> list of allowed values
-    bounds: dict = field(default_factory=dict)  # key -> [low, high] for numbers
-    log_scale: list = field(default_factory=list)  # keys perturbed multiplicatively
-    frozen: list = field(default_factory=list)  # keys never touched
-    mutations: int = 2  # keys changed per child (at most)
-    crossover_rate: float = 0.25  # chance a child mixes two parents
+    file: str = doc("scaffold/config.yaml", "the YAML file it perturbs (must be mutable)")
+    choices: dict = doc_factory(dict, "key -> list of allowed values")
+    bounds: dict = doc_factory(dict, "key -> [low, high] for numbers")
+    log_scale: list = doc_factory(list, "keys perturbed multiplicatively")
+    frozen: list = doc_factory(list, "keys never touched")
+    mutations: int = doc(2, "keys changed per child (at most)")
+    crossover_rate: float = doc(0.25, "chance a child mixes two parents")
 
 
 MODEL_FIELDS = ("model", "weight", "backend", "base_url", "api_key_env", "temperature",
@@ -67,104 +76,92 @@ class Operator:
     one is drawn per proposal by `weight`.
     """
 
-    kind: str = "heuristic"  # "heuristic" or "llm"
-    backend: str = "openai"  # "openai": any OpenAI-compatible endpoint; "transformers": a local folder
-    base_url: str = ""  # e.g. http://127.0.0.1:8000/v1; empty: no endpoint (the heuristic operator runs)
-    model: str = ""  # the model's name at the endpoint, or the folder of a local transformers model
-    api_key_env: str = ""  # the NAME of the environment variable holding the key (never the key)
-    temperature: float = 0.7
-    max_tokens: int = 4096  # completion tokens per reply
-    timeout_s: float = 120.0  # per request
-    retries: int = 3  # on 429, 5xx, time-outs and lost connections, with exponential back-off
-    models: list = field(default_factory=list)
-    price_prompt: float = 0.0  # price per million prompt tokens, for the audit
-    price_completion: float = 0.0  # price per million completion tokens
-    repair_rounds: int = 1  # times a rejected reply is sent back with its error
-    parallel: int = 2  # proposals being written at once
-    ahead: int = 2  # checked proposals kept ready for free trial slots
-    wait_s: float = 60.0  # a free slot waits this long for the agent, then gets a heuristic child
-    smoke_steps: int = 2  # optimizer steps of the smoke run before a trial; 0 skips it
-    smoke_timeout_s: float = 120.0  # the smoke run is killed after this
-    notebook_every: int = 4  # results between research-notebook updates; 0: no notebook
-    inspirations: int = 2  # other strong variants shown in a prompt
-    max_failures: int = 3  # failures in a row before the heuristic operator takes over
-    probe_every_s: float = 60.0  # while fallen back, how often the agent is tried again
-    heuristic: Heuristic = field(default_factory=Heuristic)
+    kind: str = doc("heuristic", "\"heuristic\" or \"llm\"")
+    backend: str = doc("openai", "\"openai\": any OpenAI-compatible endpoint; \"transformers\": a local folder")
+    base_url: str = doc("", "e.g. http://127.0.0.1:8000/v1; empty: no endpoint (the heuristic operator runs)")
+    model: str = doc("", "the model's name at the endpoint, or the folder of a local transformers model")
+    api_key_env: str = doc("", "the NAME of the environment variable holding the key (never the key)")
+    temperature: float = doc(0.7, "sampling temperature of the agent's model")
+    max_tokens: int = doc(4096, "completion tokens per reply")
+    timeout_s: float = doc(120.0, "per request")
+    retries: int = doc(3, "on 429, 5xx, time-outs and lost connections, with exponential back-off")
+    models: list = doc_factory(list, "several models, each a mapping of the endpoint fields, drawn per proposal by `weight`")
+    price_prompt: float = doc(0.0, "price per million prompt tokens, for the audit")
+    price_completion: float = doc(0.0, "price per million completion tokens")
+    repair_rounds: int = doc(1, "times a rejected reply is sent back with its error")
+    parallel: int = doc(2, "proposals being written at once")
+    ahead: int = doc(2, "checked proposals kept ready for free trial slots")
+    wait_s: float = doc(60.0, "a free slot waits this long for the agent, then gets a heuristic child")
+    smoke_steps: int = doc(2, "optimizer steps of the smoke run before a trial; 0 skips it")
+    smoke_timeout_s: float = doc(120.0, "the smoke run is killed after this")
+    notebook_every: int = doc(4, "results between research-notebook updates; 0: no notebook")
+    inspirations: int = doc(2, "other strong variants shown in a prompt")
+    max_failures: int = doc(3, "failures in a row before the heuristic operator takes over")
+    probe_every_s: float = doc(60.0, "while fallen back, how often the agent is tried again")
+    heuristic: Heuristic = doc_factory(Heuristic, "what the heuristic operator may change (below)")
 
 
 @dataclass(frozen=True)
 class Selection:
-    islands: int = 2  # sub-populations that evolve apart and exchange their best
-    tournament: int = 3  # contestants per parent pick
-    migrate_every: int = 6  # completed trials between migrations
+    islands: int = doc(2, "sub-populations that evolve apart and exchange their best")
+    tournament: int = doc(3, "contestants per parent pick")
+    migrate_every: int = doc(6, "completed trials between migrations")
 
 
 @dataclass(frozen=True)
 class Scheduler:
     """Whether Ray Tune stops weak trials early on their learning curves."""
 
-    kind: str = "fifo"  # "fifo": every trial trains its whole budget; "asha": Ray Tune's ASHA
-    grace_tokens: int = 0  # tokens before a trial may be stopped; 0: an eighth of budget.train_tokens
-    reduction_factor: int = 3  # keep the best 1/reduction_factor at each rung
+    kind: str = doc("fifo", "\"fifo\": every trial trains its whole budget; \"asha\": Ray Tune's ASHA")
+    grace_tokens: int = doc(0, "tokens before a trial may be stopped; 0: an eighth of budget.train_tokens")
+    reduction_factor: int = doc(3, "keep the best 1/reduction_factor at each rung")
 
 
 @dataclass(frozen=True)
 class Trial:
-    workers: int = 1  # Ray Train workers (data-parallel ranks) per trial
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
-    # how Ray places a trial's workers: "pack" (as few nodes as fit) or "spread" (one per node where it can)
-    placement: str = "pack"
-    report_every: int = 10  # optimizer steps between learning-curve points
-    # a DeepSpeed checkpoint at the first curve point this many tokens after the last (0: none)
-    checkpoint_tokens: int = 0
-    # times a trial is retried (from its checkpoint) when a rank's process or worker is lost
-    max_failures: int = 2
-    # the walls around each rank (evolve.sandbox): "auto" (full where user namespaces work, else
-    # unprivileged), "full", "unprivileged" or "off"; true and false (older specs) mean auto and off
-    sandbox: str = "auto"
-    memory_gb: float = 8.0  # the most memory a rank's process may allocate (0: no cap)
-    disk_gb: float = 20.0  # the most a trial's folder may hold, checkpoints and weights included (0: no cap)
-    # the device's dense bf16 peak in TFLOPs for MFU (0: from evolve.mfu's table by the GPU's name)
-    peak_tflops: float = 0.0
-    timeout_s: float = 3600.0  # a rank still running after this long is killed (0: never)
+    workers: int = doc(1, "Ray Train workers (data-parallel ranks) per trial")
+    cpus_per_worker: float = doc(1.0, "CPUs each Ray Train worker holds")
+    gpus_per_worker: float = doc(0.0, "GPUs each worker holds; a fraction shares one GPU between trials")
+    placement: str = doc("pack", "how Ray places a trial's workers: \"pack\" (as few nodes as fit) or \"spread\" (one per node where it can)")
+    report_every: int = doc(10, "optimizer steps between learning-curve points")
+    checkpoint_tokens: int = doc(0, "a DeepSpeed checkpoint at the first curve point this many tokens after the last (0: none)")
+    max_failures: int = doc(2, "times a trial is retried (from its checkpoint) when a rank's process or worker is lost")
+    sandbox: str = doc("auto", "the walls around each rank (evolve.sandbox): \"auto\" (full where user namespaces work, else unprivileged), \"full\", \"unprivileged\" or \"off\"; true and false (older specs) mean auto and off")
+    memory_gb: float = doc(8.0, "the most memory a rank's process may allocate (0: no cap)")
+    disk_gb: float = doc(20.0, "the most a trial's folder may hold, checkpoints and weights included (0: no cap)")
+    peak_tflops: float = doc(0.0, "the device's dense bf16 peak in TFLOPs for MFU (0: from evolve.mfu's table by the GPU's name)")
+    timeout_s: float = doc(3600.0, "a rank still running after this long is killed (0: never)")
 
 
 @dataclass(frozen=True)
 class Confirm:
     """Re-runs that confirm a champion beyond seed noise (see evolve.confirm)."""
 
-    top: int = 2  # candidates re-trained (with their parents and the seed); 0: no confirmation
-    seeds: int = 3  # fresh seeds per re-trained variant
-    alpha: float = 0.05  # Welch's one-sided test: candidate beats parent at this level
-    # a single-run jump over the parent beyond this many seed-noise sds needs review: genuine
-    # hyperparameter gains measured 5 to 12 sds on tiny_lm, a variant that read the held-out data would be 100s
-    flag_sigmas: float = 25.0
-    approval: bool = False  # no champion without `evolve approve`
+    top: int = doc(2, "candidates re-trained (with their parents and the seed); 0: no confirmation")
+    seeds: int = doc(3, "fresh seeds per re-trained variant")
+    alpha: float = doc(0.05, "Welch's one-sided test: candidate beats parent at this level")
+    flag_sigmas: float = doc(25.0, "a single-run jump over the parent beyond this many seed-noise sds needs review: genuine hyperparameter gains measured 5 to 12 sds on tiny_lm, a variant that read the held-out data would be 100s")
+    approval: bool = doc(False, "no champion without `evolve approve`")
 
 
 @dataclass(frozen=True)
 class Spec:
-    scaffold: str  # the seed variant's folder
-    mutable: list  # files a mutation may change, inside the scaffold
-    name: str = ""  # defaults to the experiment folder's name
-    root: Path = Path(".")  # the experiment folder, set by the loader; paths are relative to it
-    sealed: list = field(default_factory=list)
-    objective: Objective = field(default_factory=Objective)
-    budget: Budget = field(default_factory=Budget)
-    operator: Operator = field(default_factory=Operator)
-    selection: Selection = field(default_factory=Selection)
-    scheduler: Scheduler = field(default_factory=Scheduler)
-    trial: Trial = field(default_factory=Trial)
-    confirm: Confirm = field(default_factory=Confirm)
-    task: dict = field(default_factory=dict)  # passed to the experiment's harness
-    # the training loop: "lm" (next-token training on the experiment's corpus, evolve.harness) or
-    # "rl" (a supervised warm-up, then policy gradient on verified problems, evolve.rl)
-    trainer: str = "lm"
-    seed: int = 0  # seeds the searcher's RNG
-    # where runs are kept when --run-dir is not given: a folder or a cloud URI (s3://bucket/runs);
-    # the run is <storage>/<name>. Empty: runs/<name> under the current folder.
-    storage: str = ""
+    scaffold: str = field(metadata={"doc": "the seed variant's folder"})
+    mutable: list = field(metadata={"doc": "files a mutation may change, inside the scaffold"})
+    name: str = doc("", "defaults to the experiment folder's name")
+    root: Path = doc(Path("."), "the experiment folder, set by the loader; paths are relative to it")
+    sealed: list = doc_factory(list, "glob patterns of the evaluation and data code (the held-out split is always sealed)")
+    objective: Objective = doc_factory(Objective, "the metric the sealed evaluation reports, and its direction")
+    budget: Budget = doc_factory(Budget, "the search's budget")
+    operator: Operator = doc_factory(Operator, "how children are written")
+    selection: Selection = doc_factory(Selection, "islands and tournaments")
+    scheduler: Scheduler = doc_factory(Scheduler, "early stopping")
+    trial: Trial = doc_factory(Trial, "how a trial runs")
+    confirm: Confirm = doc_factory(Confirm, "confirmation re-runs")
+    task: dict = doc_factory(dict, "passed to the experiment's harness")
+    trainer: str = doc("lm", "the training loop: \"lm\" (next-token training on the experiment's corpus, evolve.harness) or \"rl\" (a supervised warm-up, then policy gradient on verified problems, evolve.rl)")
+    seed: int = doc(0, "seeds the searcher's RNG")
+    storage: str = doc("", "where runs are kept when --run-dir is not given: a folder or a cloud URI (s3://bucket/runs); the run is <storage>/<name>. Empty: runs/<name> under the current folder.")
 
     def path(self, rel: str) -> Path:
         return self.root / rel
@@ -175,7 +172,7 @@ class Spec:
         return d
 
 
-_SECTIONS = {
+SECTIONS = {
     "objective": Objective,
     "budget": Budget,
     "operator": Operator,
@@ -455,6 +452,36 @@ def load_spec(experiment: str | os.PathLike, overrides: list[str] = ()) -> Spec:
         raise SpecError(f"experiment: {str(path)!r} is not valid YAML: {first}") from e
     raw = apply_overrides(raw, list(overrides))
     return build_spec(raw, path.parent, path.parent.name)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The sections of a run's saved spec that readers need, defaults from the schema above.
+
+    Unlike `load_run_spec` it needs no experiment folder: status, the report,
+    the git export and the notebook read a run folder on its own.
+    """
+
+    objective: Objective
+    budget: Budget
+    trial: Trial
+    confirm: Confirm
+
+
+def run_settings(run_dir: str | os.PathLike) -> RunSettings:
+    """Returns the run's saved objective, budget, trial and confirm sections (all defaults if it saved none)."""
+    path = Path(run_dir) / "spec.yaml"
+    raw = {}
+    if path.is_file():
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise SpecError(f"run: {str(path)!r} is corrupt: {first}") from e
+        if not isinstance(raw, dict):
+            raise SpecError(f"run: {str(path)!r} is corrupt: expected a mapping")
+    return RunSettings(**{name: _build(SECTIONS[name], raw.get(name) or {}, name)
+                          for name in ("objective", "budget", "trial", "confirm")})
 
 
 def load_run_spec(run_dir: str | os.PathLike) -> Spec:

@@ -24,6 +24,7 @@ import json
 import math
 from pathlib import Path
 
+from evolve.config import run_settings
 from evolve.stats import mean_ci, welch
 from evolve.store import atomic_write
 
@@ -139,20 +140,18 @@ def _finite(x) -> bool:
 
 def load_verdict(run_dir: str | Path) -> dict | None:
     """Returns `verdict` of a run folder from its own spec and records; None when it has no re-runs."""
-    import yaml
-
     from evolve.store import Store
 
     run_dir = Path(run_dir)
     reruns = read(run_dir)
     if not reruns:
         return None
-    spec = yaml.safe_load((run_dir / "spec.yaml").read_text()) if (run_dir / "spec.yaml").is_file() else {}
-    c, objective = spec.get("confirm") or {}, spec.get("objective") or {}
+    settings = run_settings(run_dir)
+    c = settings.confirm
     rows = Store(run_dir).read_results().to_pylist()
     seed_id = next((r["variant_id"] for r in rows if r["operator"] == "seed"), None)
-    v = verdict(rows, reruns, approved(run_dir), seed_id, objective.get("mode", "min"), c.get("alpha", 0.05),
-                c.get("flag_sigmas", 25.0), c.get("approval", False))
+    v = verdict(rows, reruns, approved(run_dir), seed_id, settings.objective.mode, c.alpha, c.flag_sigmas,
+                c.approval)
     v["metric"], v["alpha"] = objective.get("metric", "fitness"), c.get("alpha", 0.05)
     return v
 

@@ -18,7 +18,7 @@ import math
 import subprocess
 from pathlib import Path
 
-from evolve.config import SpecError
+from evolve.config import SpecError, run_settings
 from evolve.store import Store
 from evolve.variant import Variant
 
@@ -78,12 +78,8 @@ def export_git(run_dir: str | Path, dest: str | Path) -> dict:
     store = Store(run_dir)
     variants = {vid: store.get_variant(vid) for vid in store.variant_ids()}
     rows = {r["variant_id"]: r for r in store.read_results().to_pylist()}
-    spec = run_dir / "spec.yaml"
-    objective = {"metric": "fitness", "mode": "min"}
-    if spec.is_file():
-        import yaml
-
-        objective.update((yaml.safe_load(spec.read_text()) or {}).get("objective") or {})
+    saved = run_settings(run_dir).objective
+    objective = {"metric": saved.metric, "mode": saved.mode}
     order = lineage_order(variants)
 
     stream, marks, blob_marks = [], {}, {}
