@@ -78,7 +78,7 @@ def main() -> None:
                 config = {"seed": 0, "task": spec.task, "data_dir": str(run / "data"), "variant_dir": str(variant),
                           "run_dir": str(run), "out_dir": str(out), "train_tokens": args.tokens, "report_every": 10,
                           "checkpoint_tokens": 0, "sandbox": base(kind, run)}
-                summary = zygote.call("evolve.harness:solo_rank", {"config": config}, env=ENV,
+                summary = zygote.call("evolve.rank:solo_rank", {"config": config}, env=ENV,
                                       sandbox=policy_for(config, str(out)), search=SEARCH)
                 rates[kind].append(summary["tokens_trained"] / summary["train_seconds"])
     finally:

@@ -5,7 +5,7 @@ Both loops run in this process, one rank, on the seed recipe of
 optimizer, schedule, batches and loss from the recipe's hooks, the same
 number of optimizer steps, and the same timing (each step from fetching the
 batch to the loss on the host, dev-loss points excluded). The DeepSpeed
-loop is the harness's own (`evolve.harness._train`, as a smoke run that
+loop is the harness's own (`evolve.harness.train`, as a smoke run that
 keeps nothing). They alternate for `--rounds` rounds; the ratio printed is
 DeepSpeed tokens/s over plain tokens/s, medians of the rounds.
 
@@ -69,7 +69,7 @@ def plain(config: dict, steps: int) -> dict:
 
 
 def deepspeed(config: dict, steps: int) -> dict:
-    from evolve.harness import _train
+    from evolve.harness import train as _train
 
     summary = _train({**config, "smoke": True, "max_steps": steps}, 0, 1, Path(config["out_dir"]),
                      lambda point: None)

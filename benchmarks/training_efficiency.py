@@ -35,7 +35,7 @@ def retrain(run_dir: Path, spec, vid: str, seed: int, work: Path) -> list:
     config = {"seed": seed, "task": spec.task, "data_dir": str(run_dir / "data"), "variant_dir": str(vdir),
               "out_dir": str(work / vid / "out"), "train_tokens": spec.budget.train_tokens,
               "report_every": spec.trial.report_every, "checkpoint_tokens": 0}
-    summary = zygote.call("evolve.harness:solo_rank", {"config": config},
+    summary = zygote.call("evolve.rank:solo_rank", {"config": config},
                           env={"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"})
     return summary["curve"]
 

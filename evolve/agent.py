@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 from evolve.cascade import Rejected, check_reply
+from evolve.errors import one_line
 from evolve.llm import Completion, LLMError, make_client, price
 from evolve.prompts import NOTEBOOK_MAX_CHARS, repair_messages
 
@@ -178,8 +179,6 @@ class Agent:
             smoke = None if self.smoke is None else (lambda files: self.smoke(req, files))
             return write_child(req, client, entry, smoke, self.cache)
         except Exception as e:  # a bug or a lost Ray task: the proposal is lost, not the search
-            from evolve.harness import one_line
-
             return Outcome(req, False, "error", one_line(e))
 
     def in_flight(self, purpose: str | None = None) -> int:

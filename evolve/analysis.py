@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from evolve import audit
 from evolve import lineage
+from evolve import storage
 from evolve.config import run_settings
 from evolve.store import Store
 
@@ -70,7 +72,7 @@ class Population(pd.DataFrame):
 
     def path(self, variant: str = "best") -> list[dict]:
         """The steps from the seed to `variant`: id, operator, rationale, fitness and diff of each."""
-        return lineage.path_to(self, variant)
+        return lineage.path_to(self, variant, lambda v: diff_against_parent(self.run_dir, v))
 
     def operator_stats(self) -> pd.DataFrame:
         return lineage.operator_stats(self, self.mode)
@@ -163,8 +165,6 @@ def load_arrow(run_dir: str | Path):
 
 def _local(run_dir: str | Path) -> Path:
     """The run folder to read: a cloud URI (s3://, gs://) is fetched into its local copy first."""
-    from evolve import storage
-
     return storage.open_run(run_dir)[0] if storage.is_uri(run_dir) else Path(run_dir)
 
 
@@ -196,8 +196,6 @@ def fmt(x, digits: int = 4) -> str:
 
 def load_audit(run_dir: str | Path) -> pd.DataFrame:
     """Returns the agent's audit table (one row per LLM call), messages parsed."""
-    from evolve import audit
-
     df = audit.read(run_dir).to_pandas()
     df["messages"] = df["messages"].map(lambda m: json.loads(m) if isinstance(m, str) else [])
     return df

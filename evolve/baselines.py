@@ -26,8 +26,15 @@ from pathlib import Path
 
 import yaml
 
+from evolve import zygote
 from evolve.config import Spec
 from evolve.operators.heuristic import mutable_keys
+from evolve.runner import init_ray, prepare_run, scaffold_files
+from evolve.searcher import result_row
+from evolve.slots import SlotPool
+from evolve.store import Store, atomic_write
+from evolve.trial import TRIAL_RESOURCES, report_point, train_variant
+from evolve.variant import Variant, content_hash, variant_id
 from evolve.yamledit import flatten, set_value
 
 FAILED_SCORE = 1e3  # what a failed trial reports to a model-based searcher (worse than any loss)
@@ -73,10 +80,6 @@ def settings_text(seed_text: str, values: dict) -> str:
 def baseline_trainable(config: dict, ctx: dict) -> None:
     """A Tune trainable: writes the sampled settings into the seed, trains it, reports the fitness."""
     from ray import tune
-
-    from evolve.store import atomic_write
-    from evolve.trial import report_point, train_variant
-    from evolve.variant import content_hash, variant_id
 
     values = dict(config)
     seed_dir = Path(ctx["seed_dir"])
@@ -147,14 +150,6 @@ def within_limits(config: dict, limits: dict) -> dict:
 def run_baseline(spec: Spec, run_dir: str | os.PathLike, method: str, log=print) -> list[dict]:
     """Runs random search, TPE or PBT for `spec.budget.trials` trials; records and returns their rows."""
     from ray import tune
-
-    from evolve import zygote
-    from evolve.runner import init_ray, prepare_run, scaffold_files
-    from evolve.searcher import result_row
-    from evolve.slots import SlotPool
-    from evolve.store import Store
-    from evolve.trial import TRIAL_RESOURCES
-    from evolve.variant import Variant
 
     if method not in METHODS:
         raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")

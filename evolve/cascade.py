@@ -22,8 +22,10 @@ from pathlib import Path
 
 import yaml
 
+from evolve import zygote
 from evolve.edits import EditError, apply_edits, check_paths, parse_reply
 from evolve.governance import surface_violations
+from evolve.sandbox import policy_for
 from evolve.variant import content_hash, variant_id
 
 STAGES = ("endpoint", "parse", "policy", "apply", "duplicate", "syntax", "import", "smoke")
@@ -104,9 +106,6 @@ def smoke_run(files: dict[str, bytes], context: dict, work_dir: str, steps: int,
     """
     import os
 
-    from evolve import zygote
-    from evolve.sandbox import policy_for
-
     # The CPU zygote is keyed by DS_ACCELERATOR: set it for this call only,
     # so a pooled Ray worker that later hosts a GPU trial is left as it was.
     before = os.environ.get("DS_ACCELERATOR")
@@ -123,7 +122,7 @@ def smoke_run(files: dict[str, bytes], context: dict, work_dir: str, steps: int,
                   "max_steps": steps}
         seen = []
         try:
-            result = zygote.call("evolve.harness:smoke_rank", {"config": config},
+            result = zygote.call("evolve.rank:smoke_rank", {"config": config},
                                  env={"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"},
                                  log=str(work / "smoke.log"), recipe=str(variant_dir / "recipe.py"),
                                  on_report=seen.append, timeout_s=timeout_s,

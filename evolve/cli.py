@@ -9,47 +9,14 @@ import shlex
 import sys
 from pathlib import Path
 
-from evolve.config import SpecError
+from evolve import storage
+from evolve.config import SpecError, load_run_spec, load_spec
+
+# Every other evolve module is imported inside the command that needs it, on purpose: they bring in
+# pyarrow and pandas (0.2 to 0.5 s) or Ray, torch and DeepSpeed (1.5 s and more), which `--help`, a bad
+# argument and the commands that only read a run should not wait for.
 
 EXIT_BAD_INPUT = 2
-
-
-def _population(run_dir: str):
-    from evolve.analysis import load_population
-
-    pop = load_population(run_dir)
-    for line in pop.attrs.get("unreadable", []):
-        print(f"evolve: warning: {line}", file=sys.stderr)
-    return pop
-
-
-def summary_lines(run_dir: str, pop=None) -> list[str]:
-    """Returns the end-of-run report: best, its lineage, its loss against the seed's."""
-    from evolve.analysis import fmt
-    from evolve.store import Store
-
-    pop = _population(run_dir) if pop is None else pop
-    if pop.empty:
-        return ["no variant has finished yet"]
-    metric = "fitness"
-    best, seed = pop.best_id(), pop.seed_id()
-    by_id = pop.set_index("variant_id")
-    stopped = (pop["status"] == "stopped").sum()
-    lines = [f"variants: {len(pop)} finished ({(pop['status'] == 'completed').sum()} completed, "
-             f"{(pop['status'] == 'failed').sum()} failed" + (f", {stopped} stopped early" if stopped else "") + ")"]
-    if best is None:
-        return lines + ["no variant completed"]
-    b = by_id.loc[best, metric]
-    s = by_id.loc[seed, metric] if seed in by_id.index else None
-    gain = f" ({(b - s) / s * 100:+.1f}% vs seed)" if s else ""
-    lines.append(f"best: {best}  held-out {fmt(b)}  seed {seed or '-'} held-out {fmt(s)}{gain}")
-    lines.append("lineage (seed first):")
-    store = Store(run_dir)
-    for vid in pop.lineage("best"):
-        v = store.get_variant(vid)
-        f = by_id.loc[vid, metric] if vid in by_id.index else None
-        lines.append(f"  {vid}  {fmt(f)}  {v.operator:<9} {v.record.get('rationale', '')}")
-    return lines
 
 
 def run_target(spec, run_dir: str | None) -> str:
@@ -60,8 +27,6 @@ def run_target(spec, run_dir: str | None) -> str:
 
 
 def cmd_run(args) -> int:
-    from evolve import storage
-    from evolve.config import load_spec
     from evolve.runner import run_search
 
     overrides = list(args.overrides) + ([f"trial.peak_tflops={args.peak_tflops}"] if args.peak_tflops else [])
@@ -78,8 +43,6 @@ def cmd_run(args) -> int:
 
 
 def cmd_resume(args) -> int:
-    from evolve import storage
-    from evolve.config import load_run_spec
     from evolve.runner import resume_search
 
     args.resumable = args.run_dir if storage.is_uri(args.run_dir) else str(Path(args.run_dir).resolve())
@@ -91,8 +54,9 @@ def cmd_resume(args) -> int:
 
 def _finish(run_dir: str, trials: int) -> int:
     from evolve import confirm
+    from evolve.status import population, summary_lines
 
-    pop = _population(run_dir)
+    pop = population(run_dir)
     print("\n".join(summary_lines(run_dir, pop)))
     verdict = confirm.load_verdict(run_dir)
     if verdict is not None:
@@ -103,39 +67,9 @@ def _finish(run_dir: str, trials: int) -> int:
     return 0
 
 
-def status_lines(run_dir: str, pop=None) -> list[str]:
-    """Returns the run's state: counts by status, cost, depth, the agent, the leader and the champion."""
-    from evolve import confirm
-    from evolve.analysis import agent_lines
-
-    pop = _population(run_dir) if pop is None else pop
-    counts = pop["status"].value_counts().to_dict() if not pop.empty else {}
-    train = pop["train_seconds"].fillna(0).sum() if not pop.empty else 0.0
-    trial = pop["trial_seconds"].fillna(0).sum() if not pop.empty else 0.0
-    lines = [f"run: {run_dir}",
-             "by status: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none yet"),
-             f"cost: {trial:.0f} trial-seconds, {train:.0f} of them training; "
-             f"{int(pop['tokens_trained'].fillna(0).sum()) if not pop.empty else 0:,} tokens trained",
-             f"lineage depth: {pop.depth()}"]
-    lines += speed_lines(pop)
-    lines += agent_lines(run_dir)
-    lines += [ln.replace("best:", "single-run leader:", 1) for ln in summary_lines(run_dir, pop)[1:2]]
-    return lines + confirm.lines(confirm.load_verdict(run_dir))
-
-
-def speed_lines(pop) -> list[str]:
-    """Returns the GPU-hours spent and the MFU reached, when the trials ran on GPUs."""
-    if pop.empty or "gpu_hours" not in pop or not pop["gpu_hours"].fillna(0).any():
-        return []
-    util = pop["mfu"].dropna()
-    line = f"GPU: {pop['gpu_hours'].fillna(0).sum():.2f} GPU-hours"
-    if not util.empty:
-        best = pop.loc[util.idxmax()]
-        line += f"; MFU median {util.median():.1%}, best {util.max():.1%} ({best['variant_id']})"
-    return [line]
-
-
 def cmd_status(args) -> int:
+    from evolve.status import status_lines
+
     print("\n".join(status_lines(args.run_dir)))
     return 0
 
@@ -210,6 +144,7 @@ def show_prompt(run_dir: str, vid: str, record: dict) -> None:
 
 
 def cmd_show(args) -> int:
+    from evolve.status import population
     from evolve.analysis import diff_against_parent, fmt, resolve
     from evolve.store import Store
 
@@ -220,7 +155,7 @@ def cmd_show(args) -> int:
     print(f"variant {vid}  island {v.island}  parents {', '.join(v.parents) or '-'}")
     print(f"operator: {v.operator}")
     print("record: " + json.dumps(v.record, sort_keys=True))
-    pop = _population(args.run_dir)
+    pop = population(args.run_dir)
     rows = pop[pop["variant_id"] == vid]
     if rows.empty:
         print("result: not finished")
@@ -272,7 +207,6 @@ def cmd_report(args) -> int:
 
 
 def _existing_run(path: str) -> str:
-    from evolve import storage
 
     if storage.is_uri(path):
         return path  # looked at once it is fetched
@@ -330,7 +264,6 @@ def parser() -> argparse.ArgumentParser:
 
 def _in_storage(args) -> int:
     """Runs a command on a run folder in cloud storage: fetched first, what it writes sent back."""
-    from evolve import storage
 
     if args.command in ("run", "resume") or not storage.is_uri(getattr(args, "run_dir", None) or ""):
         return args.func(args)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from evolve.config import run_settings
 from evolve.stats import mean_ci, welch
+from evolve.store import Store
 from evolve.store import atomic_write
 
 FOLDER, APPROVALS = "confirmations", "approvals"
@@ -140,8 +141,6 @@ def _finite(x) -> bool:
 
 def load_verdict(run_dir: str | Path) -> dict | None:
     """Returns `verdict` of a run folder from its own spec and records; None when it has no re-runs."""
-    from evolve.store import Store
-
     run_dir = Path(run_dir)
     reruns = read(run_dir)
     if not reruns:
@@ -152,7 +151,7 @@ def load_verdict(run_dir: str | Path) -> dict | None:
     seed_id = next((r["variant_id"] for r in rows if r["operator"] == "seed"), None)
     v = verdict(rows, reruns, approved(run_dir), seed_id, settings.objective.mode, c.alpha, c.flag_sigmas,
                 c.approval)
-    v["metric"], v["alpha"] = objective.get("metric", "fitness"), c.get("alpha", 0.05)
+    v["metric"], v["alpha"] = settings.objective.metric, c.alpha
     return v
 
 

@@ -1,7 +1,7 @@
-"""The training loop of one rank: runs in a fresh zygote child, calls recipe hooks.
+"""The next-token training loop of one rank, and the rules every loop holds a recipe to.
 
-`run_rank` is what a slot's relay (`evolve.slots`) has the node's zygote
-fork a child to run, once per rank of each trial.
+It runs in a fresh zygote child (`evolve.rank` is the child's entry point),
+inside the sandbox, and calls the recipe's hooks.
 
 The harness owns everything the variant must not: the token budget, the
 model class (a transformers GPT-2 built from the recipe's config), the
@@ -17,12 +17,12 @@ import json
 import math
 import os
 import time
-import traceback
 from pathlib import Path
 
 import yaml
 
 from evolve import mfu, performance, sandbox
+from evolve.errors import one_line
 
 HOOKS = ("model_config", "optimizer", "lr_multiplier", "deepspeed_config", "batches", "loss")
 # GPT2Config fields a recipe may not set: the harness fixes vocabulary and context.
@@ -35,6 +35,8 @@ CHECKPOINT_STATE = "evolve_state.json"  # written last: a checkpoint without it 
 
 class RecipeError(RuntimeError):
     """The variant's recipe broke a rule of the harness; the message is one line."""
+
+    one_line = True  # its message is the whole reason: no type name in front
 
 
 def load_recipe(variant_dir: str | os.PathLike, hooks: tuple[str, ...] = HOOKS):
@@ -61,18 +63,6 @@ def load_settings(variant_dir: str | os.PathLike) -> dict:
     if not isinstance(settings, dict):
         raise RecipeError(f"config.yaml: expected a mapping, got {type(settings).__name__}")
     return settings
-
-
-def one_line(exc: BaseException, recipe_path: str | None = None) -> str:
-    """Returns `Type: message` plus the recipe line it came from, on one line."""
-    msg = " ".join(str(exc).split()) or type(exc).__name__
-    where = ""
-    if recipe_path:
-        frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == recipe_path]
-        if frames:
-            where = f" (recipe.py line {frames[-1].lineno}, in {frames[-1].name})"
-    text = msg if isinstance(exc, RecipeError) else f"{type(exc).__name__}: {msg}"
-    return (text[:400] + "...") if len(text) > 400 else text + where
 
 
 def build_model(recipe, settings: dict, vocab_size: int, context: int, param_cap: int,
@@ -121,89 +111,6 @@ def deepspeed_settings(recipe, settings: dict, micro_batch: int) -> dict:
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 1 << 30,  # the harness reports; DeepSpeed stays quiet
     }
-
-
-def run_rank(report, config: dict, rank: int, world: int) -> None:
-    """Trains one rank of one variant in this (fresh) process; `report` takes curve points."""
-    import torch
-    import torch.distributed as dist
-
-    torch.set_num_threads(max(1, int(config["resources"]["cpus_per_worker"])))
-    backend = "nccl" if config["resources"]["gpus_per_worker"] > 0 else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        # every NCCL connection at the communicator's start, before the sandbox's filter (see below)
-        os.environ.setdefault("NCCL_RUNTIME_CONNECT", "0")
-    dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world)
-    _init_deepspeed_comm(backend)
-    try:
-        trainer(config)(config, rank, world, Path(config["out_dir"]), report)
-    finally:
-        dist.destroy_process_group()
-
-
-def trainer(config: dict):
-    """Returns the training loop the experiment's `trainer` names: next-token ("lm") or RL ("rl")."""
-    if config.get("trainer", "lm") == "rl":
-        from evolve import rl
-
-        return rl.train
-    return _train
-
-
-def _init_deepspeed_comm(backend: str) -> None:
-    """Sets up DeepSpeed's communication (and loads its CPU op) now, before any variant code runs.
-
-    `deepspeed.initialize` would otherwise do it, and loading the op checks
-    the compiler with subprocesses, which the sandbox refuses. The process
-    group DeepSpeed clones for data parallelism is made now too, and one
-    collective runs on each group: once the sandbox's filter is up, the
-    rank can open no connection, so every connection it will use (gloo's
-    pairs, NCCL's communicators) must exist before.
-    """
-    import deepspeed
-    import torch
-    import torch.distributed as dist
-    from deepspeed.utils import groups
-
-    if backend == "gloo":  # DeepSpeed's shared-memory all-reduce serves inference only: no /dev/shm needed
-        importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None  # (`deepspeed.comm.torch`
-        # as an attribute is the torch package itself)
-    deepspeed.init_distributed(dist_backend=backend)
-    device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
-    for group in (None, groups._clone_world_group()):
-        dist.all_reduce(torch.zeros(1, device=device), group=group)
-
-
-def smoke_rank(report, config: dict) -> dict:
-    """Runs a variant for `config["max_steps"]` optimizer steps as one CPU rank; nothing is kept.
-
-    Reports {"imported": True} once the recipe has imported, so a caller
-    can tell an import failure from a failure in training.
-    """
-    t0 = time.time()
-    solo_rank(report, {**config, "smoke": True})
-    return {"seconds": time.time() - t0}
-
-
-def solo_rank(report, config: dict) -> dict:
-    """Trains a variant as a world of one CPU rank in this process; returns the rank's summary."""
-    import socket
-
-    import torch.distributed as dist
-
-    with socket.socket() as s:  # a free loopback port for a world of one
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1",
-                      LOCAL_RANK="0")
-    config = {**config, "resources": {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0}}
-    dist.init_process_group(backend="gloo", init_method="env://", rank=0, world_size=1)
-    _init_deepspeed_comm("gloo")
-    try:
-        return trainer(config)(config, 0, 1, Path(config["out_dir"]), report)
-    finally:
-        dist.destroy_process_group()
 
 
 def _dev_loss(model, dev, seq: int, autocast: str | None = None) -> float:
@@ -271,6 +178,24 @@ def save_result(engine, out_dir: Path, summary: dict) -> None:
     os.replace(tmp, out_dir / "summary.json")
 
 
+def plan_steps(budget: int, start_tokens: int, start_step: int, tokens_per_micro: int, gas: int,
+               max_steps: int | None = None, resumed: bool = False) -> tuple[int, int, int]:
+    """Returns (optimizer steps left, micro-steps left, the run's total optimizer steps) (pure).
+
+    Whole optimizer steps only: the budget's remainder, less than a step, is
+    not trained. `max_steps` caps a smoke run. A fresh run whose budget buys
+    no step is the recipe's error; a resumed one at its budget trains nothing.
+    """
+    steps_left = (budget - start_tokens) // tokens_per_micro // gas
+    if steps_left < 1 and not resumed:
+        raise RecipeError(f"config.yaml: one optimizer step needs {tokens_per_micro * gas:,} "
+                          f"tokens, more than the budget of {budget:,}")
+    if max_steps is not None:  # a check before the trial: a few steps, nothing saved
+        steps_left = min(steps_left, max_steps)
+    steps_left = max(0, steps_left)
+    return steps_left, steps_left * gas, start_step + steps_left
+
+
 def plan_performance(recipe, settings: dict, gpu: bool) -> tuple[dict, list[str]]:
     """Returns the recipe's precision and kernels resolved for this device (see `evolve.performance`)."""
     import importlib.util
@@ -331,10 +256,11 @@ class Speedometer:
                 "peak_tflops": self.peak, "device": self.device}
 
 
-PROTECTED_MODULES = ("evolve.harness", "evolve.rl", "evolve.sandbox", "evolve.zygote")
+PROTECTED_MODULES = ("evolve.harness", "evolve.rl", "evolve.rank", "evolve.sandbox", "evolve.zygote",
+                     "evolve.errors", "evolve.channel", "evolve.performance", "evolve.mfu")
 
 
-def _snapshot() -> dict:
+def snapshot_protected() -> dict:
     """Returns what the harness's own modules hold, name by name, before the variant runs."""
     import sys
 
@@ -343,9 +269,9 @@ def _snapshot() -> dict:
             if not k.startswith("__")}  # Python's own bookkeeping (__warningregistry__, ...)
 
 
-def _check_untouched(before: dict, during: str) -> None:
+def check_untouched(before: dict, during: str) -> None:
     """Raises RecipeError if the variant's code replaced anything in the harness's modules."""
-    after = _snapshot()
+    after = snapshot_protected()
     changed = sorted(f"{m}.{k}" for (m, k), ident in after.items() if before.get((m, k)) != ident)
     changed += sorted(f"{m}.{k}" for (m, k) in before if (m, k) not in after)
     if changed:
@@ -357,7 +283,8 @@ def _same(a: dict, b: dict) -> bool:
     return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
 
 
-def _train(config: dict, rank: int, world: int, out_dir: Path, report) -> dict:
+def train(config: dict, rank: int, world: int, out_dir: Path, report) -> dict:
+    """The next-token training loop of one rank (the spec's `trainer: lm`); returns the rank's summary."""
     import warnings
 
     import deepspeed
@@ -373,10 +300,10 @@ def _train(config: dict, rank: int, world: int, out_dir: Path, report) -> dict:
     dev_tokens, report_every = int(task.get("dev_tokens", 8192)), int(config["report_every"])
     meta = json.loads((Path(config["data_dir"]) / "meta.json").read_text())
     vocab, dtype = int(meta["vocab_size"]), str(meta.get("dtype", "uint8"))
-    untouched = _snapshot()
+    untouched = snapshot_protected()
     sandbox.confine()  # the last walls, before any of the variant's code (a no-op outside a sandbox)
     recipe = load_recipe(config["variant_dir"])
-    _check_untouched(untouched, "importing recipe.py")
+    check_untouched(untouched, "importing recipe.py")
     settings = load_settings(config["variant_dir"])
     smoke = bool(config.get("smoke"))
     if smoke:
@@ -396,15 +323,9 @@ def _train(config: dict, rank: int, world: int, out_dir: Path, report) -> dict:
     tokens_per_micro = bs * seq * world
     start_tokens, start_step, start_micro = ((resume["tokens"], resume["step"], resume["micro"])
                                              if resume else (0, 0, 0))
-    steps_left = (budget - start_tokens) // tokens_per_micro // gas
-    if steps_left < 1 and not resume:
-        raise RecipeError(f"config.yaml: one optimizer step needs {tokens_per_micro * gas:,} "
-                          f"tokens, more than the budget of {budget:,}")
-    if smoke:  # a check before the trial: a few steps, nothing saved
-        steps_left = min(steps_left, int(config["max_steps"]))
-    steps_left = max(0, steps_left)
-    micro_steps = steps_left * gas
-    total_steps = start_step + steps_left
+    steps_left, micro_steps, total_steps = plan_steps(budget, start_tokens, start_step, tokens_per_micro, gas,
+                                                      int(config["max_steps"]) if smoke else None,
+                                                      resumed=bool(resume))
 
     optimizer = recipe.optimizer(model, settings)
     if not isinstance(optimizer, torch.optim.Optimizer):
@@ -498,7 +419,7 @@ def _train(config: dict, rank: int, world: int, out_dir: Path, report) -> dict:
                 if not smoke:
                     report(point)
     t_last = time.time()
-    _check_untouched(untouched, "training")
+    check_untouched(untouched, "training")
     summary = {"curve": curve, "train_seconds": train_seconds, "tokens_trained": micro_steps * tokens_per_micro,
                "n_params": n_params, "optimizer_steps": total_steps, "setup_seconds": setup_seconds,
                "first_step_at": t_first, "last_step_at": t_last, "world_size": world,

@@ -2,7 +2,7 @@
 
 Every function takes the population (`evolve.analysis.load_population`, or
 any DataFrame with its columns) and answers without touching the run
-folder, except `path_to`, which reads the diffs from the store:
+folder (`path_to` takes the function that reads each diff from the store):
 
 - `ancestors` and `descendants` of a variant (all parents, transitively);
 - `path_to`: the steps from the seed to a variant, each with its operator,
@@ -142,10 +142,11 @@ def curves(pop: pd.DataFrame, ids=None) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["variant_id", "tokens", "train_loss", "dev_loss"])
 
 
-def path_to(pop, vid: str) -> list[dict]:
-    """Returns the steps from the seed to `vid` along first parents: id, operator, rationale, fitness, diff."""
-    from evolve.analysis import diff_against_parent
+def path_to(pop, vid: str, diff) -> list[dict]:
+    """Returns the steps from the seed to `vid` along first parents: id, operator, rationale, fitness, diff.
 
+    `diff(variant_id)` returns a variant's diff against its first parent (the caller reads the store).
+    """
     rows = pop.set_index("variant_id")
     out = []
     for v in pop.lineage(vid):
@@ -153,5 +154,5 @@ def path_to(pop, vid: str) -> list[dict]:
         record = (r["record"] if r is not None else {}) or {}
         out.append({"variant_id": v, "operator": r["operator"] if r is not None else None,
                     "rationale": record.get("rationale", ""), "fitness": r["fitness"] if r is not None else None,
-                    "diff": diff_against_parent(pop.run_dir, v)})
+                    "diff": diff(v)})
     return out

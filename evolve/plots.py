@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from evolve import lineage
+from evolve.analysis import workers_per_trial
 
 X_AXES = {"trials": "trials finished", "worker_hours": "worker-hours (GPU-hours on GPUs)",
           "llm_tokens": "LLM tokens"}
@@ -63,8 +64,6 @@ def best_so_far(pop: pd.DataFrame, x: str | tuple | None = None, workers: int | 
     if bad:
         raise ValueError(f"best_so_far: x must be among {sorted(X_AXES)}, not {bad[0]!r}")
     if workers is None:
-        from evolve.analysis import workers_per_trial
-
         workers = workers_per_trial(pop.run_dir) if getattr(pop, "run_dir", None) is not None else 1
     table = best_so_far_table(pop, workers)
     if ax is not None and len(xs) > 1:

@@ -19,6 +19,7 @@ import pandas as pd
 
 from evolve import plots
 from evolve.analysis import fmt, load_population
+from evolve.status import status_lines
 from evolve.store import atomic_write
 
 STYLE = """
@@ -70,8 +71,6 @@ def _diff(text: str) -> str:
 
 def render(run_dir: str | Path) -> str:
     """Returns the report of the run in `run_dir` as one HTML document."""
-    from evolve.cli import status_lines
-
     run_dir = Path(run_dir)
     pop = load_population(run_dir)
     esc = html.escape

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from evolve import sandbox
-from evolve.harness import (RecipeError, _check_untouched, _snapshot, build_model, deepspeed_settings,
+from evolve.harness import (RecipeError, check_untouched, snapshot_protected, build_model, deepspeed_settings,
                             load_recipe, load_settings, save_result)
 
 HOOKS = ("model_config", "optimizer", "lr_multiplier", "deepspeed_config", "plan", "batches", "sft_loss",
@@ -196,10 +196,10 @@ def train(config: dict, rank: int, world: int, out_dir: Path, report) -> dict:
     # worked answers for the warm-up: the first meta["demo_problems"] of them (all, if it is not set)
     demos = problems[: int(meta.get("demo_problems") or len(problems))][rank::world]
     dev = read_problems(data_dir / "dev.bin")
-    untouched = _snapshot()
+    untouched = snapshot_protected()
     sandbox.confine()  # the last walls, before any of the variant's code (a no-op outside a sandbox)
     recipe = load_recipe(config["variant_dir"], HOOKS)
-    _check_untouched(untouched, "importing recipe.py")
+    check_untouched(untouched, "importing recipe.py")
     settings = load_settings(config["variant_dir"])
     smoke = bool(config.get("smoke"))
     if smoke:
@@ -304,7 +304,7 @@ def train(config: dict, rank: int, world: int, out_dir: Path, report) -> dict:
         train_seconds += time.perf_counter() - t0
 
     t_last = time.time()
-    _check_untouched(untouched, "training")
+    check_untouched(untouched, "training")
     summary = {"curve": curve, "train_seconds": train_seconds, "tokens_trained": tokens, "n_params": n_params,
                "optimizer_steps": total_steps, "sft_steps": sft_steps, "rl_steps": rl_steps,
                "setup_seconds": t_first - t_setup, "first_step_at": t_first, "last_step_at": t_last,

@@ -20,11 +20,14 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 import yaml
 
 from evolve import storage, zygote
-from evolve.config import Spec, SpecError, model_entries
+from evolve.config import Spec, SpecError, load_run_spec, model_entries
 from evolve.evaluation import load_module
 from evolve.governance import hash_files, sealed_paths
 from evolve.ops import load_cpu_comm_op
+from evolve.searcher import EvolveSearcher
+from evolve.slots import SlotPool
 from evolve.store import Store, atomic_write
+from evolve.trial import TRIAL_RESOURCES, trainable
 
 # Ray Train's controller polls its workers this often (seconds); its default
 # of 2.0 makes every ray.train.report wait up to 2 s.
@@ -178,7 +181,7 @@ def hold_api_keys(spec: Spec) -> None:
 
     Raises SpecError, one line, if a model names a variable that is not set.
     """
-    from evolve.llm import has_key, hold_keys
+    from evolve.llm import has_key, hold_keys  # the LLM clients (openai) only when an agent writes
 
     if spec.operator.kind != "llm":
         return
@@ -197,9 +200,6 @@ def run_search(spec: Spec, run_dir: str | os.PathLike, log=print, verbose: int =
     evolve's own lines.
     """
     from ray import tune
-
-    from evolve.searcher import EvolveSearcher
-    from evolve.trial import TRIAL_RESOURCES, trainable
 
     run_dir = Path(run_dir).resolve()
     hold_api_keys(spec)  # before Ray and the zygote start: they never inherit a key
@@ -245,8 +245,6 @@ def resume_search(run_dir: str | os.PathLike, log=print) -> None:
     without one; a trial whose variant the store already holds reports that
     and ends without training.
     """
-    from evolve.config import load_run_spec
-
     run_dir = Path(run_dir).resolve()
     spec = load_run_spec(run_dir)
     tune_dir = run_dir / "tune"
@@ -268,8 +266,6 @@ def _restore_tuner(tune_dir: Path):
     """Returns Ray Tune's Tuner restored from `tune_dir`; SpecError, one line, if its state is unusable."""
     from ray import tune
 
-    from evolve.trial import TRIAL_RESOURCES, trainable
-
     for state in sorted(tune_dir.glob("experiment_state-*.json")):
         try:
             json.loads(state.read_text())
@@ -286,8 +282,6 @@ def _restore_tuner(tune_dir: Path):
 
 def _fit(spec: Spec, context: dict, make_tuner, log) -> None:
     """Starts the slots and the zygote, runs Tune to the end, and stops them again."""
-    from evolve.slots import SlotPool
-
     slots = None
     try:
         # The slots' worker groups start once and then train trial after trial.

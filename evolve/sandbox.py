@@ -396,8 +396,11 @@ def _supervise(pid: int, r: int, conn: socket.socket, folder: str, disk_bytes: i
                     for msg in reader.feed(chunk):
                         if "report" in msg:
                             _send(conn, msg)
-                        else:
-                            final = final or msg  # the first result or error counts
+                        elif final is None:  # the first result or error counts
+                            final = msg
+                            if "error" in msg:  # at once, as the rank saw it first; the rank is done
+                                _send(conn, msg)
+                                kill(None)
                 except channel.ChannelError as e:
                     kill(f"sandbox: {e}; its process was killed")
             elif fd == conn.fileno():  # the client never writes: readable means it went away
@@ -423,6 +426,8 @@ def _supervise(pid: int, r: int, conn: socket.socket, folder: str, disk_bytes: i
                         final = final or msg
         except (OSError, channel.ChannelError):
             pass
+    if final is not None and "error" in final and not kill_reason:
+        return  # sent when it came
     if kill_reason:
         final = {"error": kill_reason}
     elif final is None or ("result" in final and status != 0):
@@ -471,39 +476,49 @@ def policy_for(config: dict, out_dir: str) -> dict | None:
 
 
 # -- can this machine do it ----------------------------------------------------------
+def run_sandboxed(policy: dict, fn, confined: bool = True) -> dict:
+    """Runs `fn()` in a forked rank inside `policy`'s walls; returns the final message: {"result"} or {"error"}.
+
+    For the probe and the tests: the same `enter` (and, with `confined`,
+    `confine`) a trial's rank goes through, with the supervisor's answer.
+    """
+    a, b = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:
+        a.close()
+        try:
+            enter(policy, b)
+            if confined:
+                confine()
+            send({"result": fn()})
+            os._exit(0)
+        except BaseException as e:  # report; never raise in a forked child
+            try:
+                _send(b, {"error": " ".join(f"{type(e).__name__}: {e}".split())})
+            finally:
+                os._exit(1)
+    b.close()
+    with a:
+        a.settimeout(60)
+        lines = a.makefile("r").read().splitlines()
+    os.waitpid(pid, 0)
+    msgs = [json.loads(x) for x in lines if x.strip()]
+    return next((m for m in msgs if "result" in m or "error" in m),
+                {"error": "sandbox: the sandboxed process ended without an answer"})
+
+
 def probe(level: str = "full") -> str | None:
     """Returns None if this machine can set up the sandbox at `level`, else the one-line reason why not."""
     with tempfile.TemporaryDirectory() as d:
         out, secret = Path(d, "out"), Path(d, "secret")
         out.mkdir()
         secret.write_text("held out")
-        a, b = socket.socketpair()
-        pid = os.fork()
-        if pid == 0:
-            a.close()
-            try:
-                enter({"level": level, "writable": str(out), "hidden": [str(secret)], "read": [],
-                       "hidden_trees": []}, b)
-                leaked = _readable(str(secret))
-                confine()
-                send({"result": {"leaked": leaked, "wrote": _writes(str(out))}})
-                os._exit(0)
-            except BaseException as e:  # report; never raise in a forked child
-                try:
-                    _send(b, {"error": " ".join(str(e).split())})
-                finally:
-                    os._exit(1)
-        b.close()
-        with a:
-            a.settimeout(60)
-            lines = a.makefile("r").read().splitlines()
-        os.waitpid(pid, 0)
-    msgs = [json.loads(x) for x in lines if x.strip()]
-    final = next((m for m in msgs if "result" in m or "error" in m), None)
-    if final is None:
-        return f"sandbox ({level}): the sandboxed process ended without an answer"
+        final = run_sandboxed({"level": level, "writable": str(out), "hidden": [str(secret)], "read": [],
+                               "hidden_trees": []},
+                              lambda: {"leaked": _readable(str(secret)), "wrote": _writes(str(out))})
     if "error" in final:
-        return final["error"]
+        reason = final["error"]
+        return reason if reason.startswith("sandbox") else f"sandbox ({level}): {reason}"
     if final["result"]["leaked"]:
         return f"sandbox ({level}): a hidden file was still readable"
     if not final["result"]["wrote"]:

@@ -7,7 +7,7 @@ that import Ray, start, rendezvous and tear down. Here the search starts
 slot, run from a driver thread) and keeps them for the whole search. Their
 workers are relays that never import torch or a variant: for each trial,
 each rank asks its node's zygote to fork a fresh child that trains (see
-`evolve.harness.run_rank`). So isolation is what it was with a trainer per
+`evolve.rank.run_rank`). So isolation is what it was with a trainer per
 trial: a variant's code only ever runs in its own children, which exit
 after the trial; the relays and the zygote never load it, and the sealed
 evaluation runs in yet another fresh child.
@@ -32,6 +32,11 @@ import time
 from pathlib import Path
 
 import ray
+
+from evolve import zygote
+from evolve.errors import one_line
+from evolve.fasttrain import RendezvousConfig, make_trainer
+from evolve.sandbox import policy_for
 
 TAKE_POLL_S = 5.0  # relays' long-poll for a job
 # A rank's reason starts with this when its process or worker was lost rather than the variant
@@ -203,10 +208,6 @@ def relay_loop(config: dict) -> None:
 def _run_rank(board, slot: int, job: dict, rank: int, world: int, local_rank: int,
               local_world: int) -> str | None:
     """Trains one rank of one job in a fresh zygote child; returns None or the one-line reason."""
-    from evolve import zygote
-    from evolve.harness import one_line
-    from evolve.sandbox import policy_for
-
     config = job["config"]
     out_dir = Path(config["out_dir"])
     try:
@@ -231,7 +232,7 @@ def _run_rank(board, slot: int, job: dict, rank: int, world: int, local_rank: in
         watcher.start()
         report = (lambda point: board.report.remote(slot, job["id"], point)) if rank == 0 else None
         try:
-            zygote.call("evolve.harness:run_rank", {"config": config, "rank": rank, "world": world},
+            zygote.call("evolve.rank:run_rank", {"config": config, "rank": rank, "world": world},
                         env=env, log=str(out_dir / f"rank{rank}.log"),
                         recipe=str(Path(config["variant_dir"]) / "recipe.py"), on_report=report,
                         cancel=cancel, timeout_s=config.get("timeout_s") or None,
@@ -257,7 +258,7 @@ def _watch_cancel(board, slot: int, job_id: str, cancel: threading.Event) -> Non
 
 
 def _relay_entry(config: dict) -> None:
-    from evolve.slots import relay_loop
+    from evolve.slots import relay_loop  # by name in the worker: Ray ships this function, not the module
 
     relay_loop(config)
 
@@ -281,8 +282,6 @@ class SlotPool:
     def _trainer(self, slot: int, generation: int):
         from ray.train import RunConfig, ScalingConfig
 
-        from evolve.fasttrain import RendezvousConfig, make_trainer
-
         r = self.resources
         per_worker = {"CPU": r["cpus_per_worker"]}
         if r["gpus_per_worker"] > 0:
@@ -297,8 +296,6 @@ class SlotPool:
             run_config=RunConfig(name=f"slot{slot}-{generation}", storage_path=self.storage))
 
     def _keep(self, slot: int) -> None:
-        from evolve.harness import one_line
-
         for generation in range(self.max_restarts + 1):
             trainer = self._trainer(slot, generation)
             ray.get(self.board.slot_up.remote(slot))

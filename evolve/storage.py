@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -165,8 +166,6 @@ class Mirror:
         """
         from concurrent.futures import ThreadPoolExecutor
 
-        from evolve.store import atomic_write
-
         todo = [rel for rel, size in sorted(self.remote_files().items()) if wanted(rel)
                 and not ((self.local / rel).is_file() and (self.local / rel).stat().st_size == size)]
 
@@ -174,7 +173,7 @@ class Mirror:
             with self.fs.open_input_stream(self._remote(rel)) as src:
                 data = src.read()
             target = self.local / rel
-            atomic_write(target, data, durable=False, mirror=False)
+            write_local(target, data, durable=False)
             st = target.stat()
             with self._lock:
                 self._sent[rel] = (st.st_size, st.st_mtime_ns)  # the bucket has it already
@@ -225,6 +224,27 @@ def mirror_for(path: Path) -> Mirror | None:
             if path.is_relative_to(root):
                 return m
     return None
+
+
+def write_local(path: Path, data: bytes, durable: bool = True) -> None:
+    """Writes `data` to `path` on this machine through a temporary file and a rename.
+
+    `durable` flushes the file to disk before the rename. `store.atomic_write`
+    is this plus the upload to the run's mirror.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            if durable:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def written(path: Path) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -65,19 +64,7 @@ def atomic_write(path: Path, data: bytes, durable: bool = True, mirror: bool = T
     When the run folder is mirrored to cloud storage (`evolve.storage`), the
     file is uploaded before this returns (`mirror=False`: it came from there).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            if durable:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    storage.write_local(path, data, durable)
     if mirror:
         storage.written(path)
 

@@ -12,6 +12,7 @@ the search goes on.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from evolve import mfu, zygote
 from evolve.evaluation import EvaluationError, max_weight_bytes, seal_model
-from evolve.harness import one_line
+from evolve.errors import one_line
 from evolve.slots import LOST
 from evolve.store import Store, atomic_write
 
@@ -29,6 +30,7 @@ from evolve.store import Store, atomic_write
 # memory makes the request valid without holding anything back.
 TRIAL_RESOURCES = {"CPU": 0, "memory": 1024 * 1024}
 SLOT_WAIT_S = 5.0  # long-poll on the slot board
+MAX_SUMMARY_BYTES = 64 << 20  # rank 0's summary.json: the curve and the rank's numbers
 KEPT = "kept"  # run_dir/kept/<variant>.json: a trial's final result, kept before the search records it
 
 
@@ -55,24 +57,22 @@ def train_variant(config: dict, on_report=None) -> dict:
         errors = _run_on_slot(board, slot, config, on_report)
     finally:  # also when Tune stops this trial: the relays then kill the job's children
         ray.get(board.release.remote(slot))
+    summary = {}
     if not errors:
         try:
-            result["summary"] = json.loads((out_dir / "summary.json").read_text())
+            if (out_dir / "summary.json").stat().st_size > MAX_SUMMARY_BYTES:
+                raise ValueError(f"it is over {MAX_SUMMARY_BYTES:,} bytes")
+            summary = json.loads((out_dir / "summary.json").read_text())
+            if not isinstance(summary, dict):
+                raise ValueError("it is not a mapping")
         except (OSError, ValueError) as e:
             errors = {0: f"rank 0 ended without a readable summary.json: {one_line(e)}"}
-    if errors and next(iter(errors.values())).startswith(LOST):  # not the variant's doing
-        raise TrialLost(next(iter(errors.values()))[len(LOST):])
-    if errors:  # the variant failed in training: record why (the first rank to fail), keep searching
-        result["failure_reason"] = next(iter(errors.values()))
-        result["summary"] = {}
-    if result["summary"]:
-        t_eval = time.time()
-        metrics, error = evaluate(out_dir, config)
-        if error is None:
-            result.update(status="completed", metrics=metrics, fitness=metrics[config["metric"]],
-                          eval_seconds=time.time() - t_eval)
-        else:  # sealed files changed, or the weights are not what the harness would have built
-            result["failure_reason"] = f"sealed evaluation: {error}"
+    metrics, eval_error, t_eval = None, None, time.time()
+    if not errors:
+        metrics, eval_error = evaluate(out_dir, config)
+    result.update(outcome(errors, summary, metrics, eval_error, config["metric"]))
+    if result["status"] == "completed":
+        result["eval_seconds"] = time.time() - t_eval
     result["trial_seconds"] = time.time() - t0
     r = config["resources"]
     result["gpu_hours"] = mfu.gpu_hours(result["trial_seconds"], r["workers"], r["gpus_per_worker"])
@@ -88,18 +88,109 @@ def _run_on_slot(board, slot: int, config: dict, on_report) -> dict:
     job_id = uuid.uuid4().hex
     ray.get(board.put_job.remote(slot, {"id": job_id, "config": config,
                                         "world": config["resources"]["workers"]}))
-    cursor, cancelled = 0, False
+    cursor, cancelled, refused = 0, False, None
+    out_dir = Path(config["out_dir"])
     while True:
         st = ray.get(board.wait.remote(slot, job_id, cursor, SLOT_WAIT_S))
         for point in st["reports"]:
-            if on_report is not None:
+            refused = refused or point_refusal(point)
+            if refused is None and "checkpoint" in point:
+                try:
+                    original, point = point["checkpoint"], {**point, "checkpoint": str(
+                        seal_checkpoint(out_dir, point["checkpoint"]))}
+                    shutil.rmtree(original, ignore_errors=True)  # rmtree follows no link
+                except CheckpointRefused as e:
+                    refused = str(e)
+            if on_report is not None and refused is None:
                 on_report(point)
         cursor = st["cursor"]
-        if st["errors"] and not cancelled:  # one rank failed: stop the others' children
+        if (st["errors"] or refused) and not cancelled:  # one rank failed: stop the others' children
             ray.get(board.cancel.remote(slot, job_id))
             cancelled = True
+        if refused and st["done"]:
+            return {0: refused}
         if st["done"]:
             return {int(r): e for r, e in st["errors"].items() if e != "cancelled"} or st["errors"]
+
+
+POINT_KEYS = frozenset({"step", "tokens", "train_loss", "dev_loss", "last", "lr", "tokens_per_s", "mfu", "checkpoint",
+                        "dev_accuracy", "phase", "reward", "imported"})  # what the harness's loops report
+
+
+def point_refusal(point: dict) -> str | None:
+    """Returns why a curve point cannot be taken (None if it can): it came from the variant's process.
+
+    Only the harness's keys, so nothing reaches Tune's own (`done`, `training_iteration`...).
+    """
+    unknown = sorted(set(point) - POINT_KEYS)
+    if unknown:
+        return f"the variant reported a curve point with keys the harness never sends ({', '.join(unknown[:3])})"
+    return None
+
+
+class CheckpointRefused(ValueError):
+    """A checkpoint the variant's process reported is not one the harness writes; one line."""
+
+
+def seal_checkpoint(out_dir: Path, reported: str) -> Path:
+    """Copies a reported checkpoint out of the trial folder into a private folder; returns the copy.
+
+    The variant's process is still running and owns the folder, so every
+    step opens by descriptor without following links: `checkpoints/` in the
+    trial folder, then `tokens-N` in it; the copy keeps links as links, and a
+    copy holding any link or special file is refused. Tune then keeps the
+    copy, so the trial process never copies, nor deletes, anything else.
+    """
+    p = Path(str(reported))
+    if p.parent != out_dir / "checkpoints" or not p.name.startswith("tokens-") or not p.name[7:].isdigit():
+        raise CheckpointRefused(f"the variant reported a checkpoint outside its folder ({str(reported)[:120]!r})")
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    dest = Path(tempfile.mkdtemp(prefix="ckpt-", dir=zygote.folder())) / p.name
+    try:
+        top = os.open(out_dir, flags)
+        try:
+            ck = os.open("checkpoints", flags, dir_fd=top)
+            try:
+                fd = os.open(p.name, flags, dir_fd=ck)
+                try:
+                    shutil.copytree(f"/proc/self/fd/{fd}", dest, symlinks=True)
+                finally:
+                    os.close(fd)
+            finally:
+                os.close(ck)
+        finally:
+            os.close(top)
+    except OSError as e:
+        shutil.rmtree(dest.parent, ignore_errors=True)
+        raise CheckpointRefused(f"the variant's checkpoint {p.name} cannot be opened as a plain folder "
+                                f"({os.strerror(e.errno) if e.errno else e})") from None
+    for root, dirs, files in os.walk(dest):
+        for name in dirs + files:
+            entry = Path(root) / name
+            if entry.is_symlink() or not (entry.is_file() or entry.is_dir()):
+                shutil.rmtree(dest.parent, ignore_errors=True)
+                raise CheckpointRefused(f"the variant's checkpoint holds a link or a special file ({name[:60]!r})")
+    return dest
+
+
+def outcome(errors: dict, summary: dict, metrics: dict | None, eval_error: str | None, metric: str) -> dict:
+    """Returns the trial's outcome fields from what its ranks and its evaluation said (pure).
+
+    A lost rank (killed from outside, its node gone) is not the variant's
+    doing: TrialLost, and Tune retries the trial. The variant's own failure
+    is recorded with the first failing rank's reason; a trained variant is
+    completed with the sealed evaluation's metric, or failed with why the
+    evaluation refused it.
+    """
+    if errors:
+        first = next(iter(errors.values()))
+        if first.startswith(LOST):
+            raise TrialLost(first[len(LOST):])
+        return {"status": "failed", "failure_reason": first, "summary": {}}
+    if eval_error is not None:  # sealed files changed, or the weights are not what the harness would build
+        return {"status": "failed", "failure_reason": f"sealed evaluation: {eval_error}", "summary": summary}
+    return {"status": "completed", "failure_reason": None, "summary": summary, "metrics": metrics,
+            "fitness": metrics[metric]}
 
 
 def evaluate(out_dir: Path, config: dict) -> tuple[dict | None, str | None]:
@@ -142,7 +233,8 @@ def report_point(point: dict, end_time: bool = True) -> None:
         tune.report(point)
         return
     tune.report(point, checkpoint=tune.Checkpoint.from_directory(path))  # copied into the run's storage
-    shutil.rmtree(path, ignore_errors=True)
+    # the private copy `seal_checkpoint` made, with the folder made for it
+    shutil.rmtree(Path(path).parent if Path(path).parent.name.startswith("ckpt-") else path, ignore_errors=True)
 
 
 def read_kept_result(path: Path) -> dict | None:

@@ -48,6 +48,9 @@ import threading
 import time
 from pathlib import Path
 
+from evolve import sandbox
+from evolve.errors import one_line
+
 PRELOAD = ("numpy", "yaml", "torch", "torch.distributed", "transformers",
            "transformers.models.gpt2.modeling_gpt2", "deepspeed", "safetensors.torch",
            "evolve.sandbox", "evolve.evaluation")
@@ -66,7 +69,7 @@ def _code_digest() -> str:
 
 # What a client may ask a zygote to run; EVOLVE_ZYGOTE_ENTRY_POINTS (comma-separated, read when the
 # zygote starts) adds more for tests and benchmarks.
-ENTRY_POINTS = ("evolve.harness:run_rank", "evolve.harness:smoke_rank", "evolve.harness:solo_rank",
+ENTRY_POINTS = ("evolve.rank:run_rank", "evolve.rank:smoke_rank", "evolve.rank:solo_rank",
                 "evolve.evaluation:evaluate_saved")
 # What a request may set in the child's environment.
 ENV_KEYS = re.compile(r"^(MASTER_ADDR|MASTER_PORT|RANK|WORLD_SIZE|LOCAL_RANK|LOCAL_WORLD_SIZE|"
@@ -102,7 +105,8 @@ def serve(path: Path) -> None:
     """Imports the heavy modules, then forks a child per request until idle."""
     for name in PRELOAD:
         importlib.import_module(name)
-    import evolve.harness  # noqa: F401  (the children run it)
+    # torch, transformers and DeepSpeed: the server imports them once; the clients (relays, trials) never
+    import evolve.rank  # noqa: F401  (the children run it)
     from evolve.ops import load_cpu_comm_op
 
     if os.environ.get("DS_ACCELERATOR") == "cpu":
@@ -211,8 +215,6 @@ def _child(conn: socket.socket, request: dict) -> int:
         module, name = request["fn"].split(":")
         fn = getattr(importlib.import_module(module), name)  # before any wall: the harness's own code
         if request.get("sandbox"):  # returns in the sandboxed child; this process supervises it
-            from evolve import sandbox
-
             send = sandbox.enter(request["sandbox"], conn).send
         else:
             threading.Thread(target=_watch, args=(conn, os._exit), daemon=True).start()
@@ -220,8 +222,6 @@ def _child(conn: socket.socket, request: dict) -> int:
         send({"result": result})
         return 0
     except BaseException as e:  # the variant failed: its reason goes back, then exit
-        from evolve.harness import one_line
-
         try:
             send({"error": one_line(e, request.get("recipe"))})
         except OSError:

@@ -1,5 +1,8 @@
+import functools
 import os
 import shutil
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,250 @@ os.environ.setdefault("EVOLVE_ZYGOTE_ENTRY_POINTS", ",".join(
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_LM = ROOT / "experiments" / "tiny_lm"
+
+
+# -- cost tiers ----------------------------------------------------------------------------------
+# Every test carries exactly one cost marker (registered in pyproject.toml; see docs/TESTING.md):
+#   unit    starts no process and opens no socket
+#   warm    starts Ray, the zygote, a server or any subprocess, but runs no whole search
+#   search  runs a whole search
+# An audit hook records what each test (its set-up, its fixtures and its body) started, and a test
+# whose marker understates that fails with one line naming what it did.
+
+TIERS = ("unit", "warm", "search")
+PROCESS_EVENTS = frozenset({"subprocess.Popen", "os.fork", "os.forkpty", "os.posix_spawn", "os.exec",
+                            "os.system", "os.spawn"})
+SOCKET_EVENTS = frozenset({"socket.connect", "socket.bind"})
+_WATCHED = PROCESS_EVENTS | SOCKET_EVENTS
+SEARCH_ENTRY_POINTS = (("evolve.runner", "run_search"), ("evolve.runner", "resume_search"),
+                       ("evolve.baselines", "run_baseline"))
+REFUSED_EXIT = 2  # `evolve run/resume` refused its arguments (a SpecError, one line): no search ran
+
+
+class Cost:
+    """What a test or a fixture did: the first process, socket and whole search seen, described."""
+
+    __slots__ = ("process", "socket", "search", "cli_runs")
+
+    def __init__(self):
+        self.process = self.socket = self.search = None
+        self.cli_runs = []  # (Popen object or None, description) of `evolve run/resume` subprocesses
+
+    def settle(self) -> None:
+        """A `run`/`resume` subprocess ran a search unless the CLI refused it (exit status 2)."""
+        for proc, what in self.cli_runs:
+            if self.search is None and getattr(proc, "returncode", None) != REFUSED_EXIT:
+                self.search = what
+        self.cli_runs = []
+
+    def add(self, other: "Cost", fixture: str | None = None) -> None:
+        for name in ("process", "socket", "search"):
+            if getattr(self, name) is None and getattr(other, name) is not None:
+                setattr(self, name, getattr(other, name) + (f", in fixture {fixture!r}" if fixture else ""))
+
+
+_recording: list = []  # the Costs recording now: the running test's and any fixture being set up
+_threads_before: frozenset = frozenset()  # threads (but the main one) already running when the test began
+
+
+def _short(value, limit: int = 160) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _argv(args) -> list:
+    if isinstance(args, (str, bytes, os.PathLike)):
+        return os.fsdecode(args).split()
+    return [os.fsdecode(a) if isinstance(a, (str, bytes, os.PathLike)) else str(a) for a in args]
+
+
+def runs_a_search(argv: list) -> bool:
+    """Whether a command line runs evolve's CLI with `run` or `resume` (or experiments/launch.py, which does)."""
+    for i, arg in enumerate(argv):
+        if arg.endswith("launch.py"):
+            return True
+        if "evolve.cli" in arg or os.path.basename(arg) == "evolve":
+            return any(a in ("run", "resume") for a in argv[i + 1:])
+    return False
+
+
+def _importing() -> bool:
+    """Whether an import statement is running: what a module does as it is first imported (ctypes asking
+    ldconfig where libc is, urllib3 binding ::1 to see if IPv6 works) is not what the test started, and
+    would otherwise count against whichever test happened to import it first."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "_find_and_load" and code.co_filename == "<frozen importlib._bootstrap>":
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _audit(event, args):
+    """sys.addaudithook's hook: cheap for every other event, and never raises."""
+    if event not in _WATCHED or not _recording:
+        return
+    try:
+        if threading.get_ident() in _threads_before or _importing():
+            return  # a thread an earlier test left running is not this test's doing
+        thread = threading.current_thread()
+        where = "" if thread is threading.main_thread() else f" (thread {thread.name})"
+        if event in SOCKET_EVENTS:
+            what = f"{event} {_short(args[1])}{where}"
+            for cost in list(_recording):
+                if cost.socket is None:
+                    cost.socket = what
+            return
+        proc = None
+        if event == "subprocess.Popen":
+            argv = _argv(args[1])
+            what = f"{event} {_short(argv)}{where}"
+            if runs_a_search(argv):
+                try:  # the Popen being built, to read its exit status later
+                    proc = sys._getframe(1).f_locals.get("self")
+                except Exception:
+                    proc = None
+                for cost in list(_recording):
+                    cost.cli_runs.append((proc, what))
+        else:
+            what = f"{event} {_short(args[:2] if isinstance(args, tuple) else args)}{where}"
+        for cost in list(_recording):
+            if cost.process is None:
+                cost.process = what
+    except Exception:
+        pass
+
+
+sys.addaudithook(_audit)
+
+
+def _watch_search(name: str, original):
+    @functools.wraps(original)
+    def watched(*args, **kwargs):
+        from evolve.config import SpecError
+
+        noted = [cost for cost in _recording if cost.search is None]
+        for cost in noted:  # at the start: a search in a thread may outlive the test that started it
+            cost.search = name
+        try:
+            return original(*args, **kwargs)
+        except SpecError:  # refused before anything ran (a one-line spec or run folder error)
+            for cost in noted:
+                cost.search = None
+            raise
+    return watched
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _search_watch():
+    """Wraps evolve's whole-search entry points (wherever they were imported) to record their calls."""
+    import importlib
+
+    with pytest.MonkeyPatch.context() as mp:
+        for module, name in SEARCH_ENTRY_POINTS:
+            original = getattr(importlib.import_module(module), name)
+            watched = _watch_search(f"{module}.{name}", original)
+            for mod in list(sys.modules.values()):
+                if getattr(mod, "__name__", "").startswith(("evolve", "tests")):
+                    for attr, value in list(vars(mod).items()):
+                        if value is original:
+                            mp.setattr(mod, attr, watched)
+        yield
+
+
+_FIXTURE_COSTS: dict = {}  # FixtureDef -> Cost of its latest set-up
+_TEST_COST = pytest.StashKey()
+
+
+def cost_marker(item) -> str | None:
+    """The test's one cost marker; fails it, in one line, without exactly one."""
+    names = [m.name for m in item.iter_markers() if m.name in TIERS]
+    if len(names) == 1:
+        return names[0]
+    if not names:
+        pytest.fail(f"{item.nodeid}: no cost marker; mark it unit, warm or search (see docs/TESTING.md)",
+                    pytrace=False)
+    pytest.fail(f"{item.nodeid}: more than one cost marker ({', '.join(sorted(set(names)))}); keep one",
+                pytrace=False)
+
+
+def understated(tier: str, cost: Cost) -> str | None:
+    """The line that fails a test whose marker understates what it did, or None."""
+    if tier == "unit":
+        for what, did in (("ran a whole search", cost.search), ("started a process", cost.process),
+                          ("opened a socket", cost.socket)):
+            if did:
+                return f"marked unit but {what} ({did}); mark it {'search' if cost.search else 'warm'}"
+    if tier == "warm" and cost.search:
+        return f"marked warm but ran a whole search ({cost.search}); mark it search"
+    return None
+
+
+def _stop_recording(item) -> Cost | None:
+    cost = item.stash.get(_TEST_COST, None)
+    if cost is not None and cost in _recording:
+        _recording.remove(cost)
+        cost.settle()
+    return cost
+
+
+def cost_of(item, own: Cost) -> Cost:
+    """What the test did itself, plus what the fixtures it uses did when they were set up (maybe for another test)."""
+    total = Cost()
+    names = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+    for name in item.fixturenames:
+        for fixturedef in names.get(name, ())[-1:]:
+            if fixturedef in _FIXTURE_COSTS:
+                total.add(_FIXTURE_COSTS[fixturedef], name)
+    total.add(own)
+    return total
+
+
+class CostCheck:
+    """The hooks, registered as a plugin of the whole session: a session-scoped fixture's set-up
+    runs under the session's hooks, which a conftest's own hooks are not."""
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_fixture_setup(self, fixturedef, request):
+        cost = Cost()
+        _recording.append(cost)
+        try:
+            return (yield)
+        finally:
+            _recording.remove(cost)
+            cost.settle()
+            _FIXTURE_COSTS[fixturedef] = cost
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item):
+        global _threads_before
+        cost_marker(item)  # before any fixture is set up: an unmarked test starts nothing
+        main = threading.main_thread()
+        _threads_before = frozenset(t.ident for t in threading.enumerate() if t is not main)
+        cost = item.stash[_TEST_COST] = Cost()
+        _recording.append(cost)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item):
+        try:
+            result = yield
+        finally:
+            own = _stop_recording(item)
+        # a test that failed on its own keeps its own failure; one that passed fails here if it understated
+        line = understated(cost_marker(item), cost_of(item, own)) if own is not None else None
+        if line:
+            pytest.fail(line, pytrace=False)
+        return result
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_teardown(self, item):
+        _stop_recording(item)  # a test whose set-up failed never reached its call
+
+
+def pytest_configure(config):
+    if not config.pluginmanager.has_plugin("evolve-cost-check"):
+        config.pluginmanager.register(CostCheck(), "evolve-cost-check")
 
 
 @pytest.fixture

@@ -1,11 +1,13 @@
 """The baselines' search space is the heuristic operator's, read from the spec."""
 
+import pytest
 import yaml
 
 from evolve.baselines import search_space, settings_text
 from evolve.config import load_spec
 
 
+@pytest.mark.unit
 def test_space_follows_choices_bounds_and_log_scale(experiment):
     from ray.tune.search.sample import Categorical, Float, Integer
 
@@ -21,6 +23,7 @@ def test_space_follows_choices_bounds_and_log_scale(experiment):
     assert isinstance(space["deepspeed.zero_stage"], Categorical)
 
 
+@pytest.mark.unit
 def test_sampled_values_are_written_in_place(experiment):
     text = (experiment / "scaffold" / "config.yaml").read_text()
     out = settings_text(text, {"lr": 0.0031234567, "deepspeed.zero_stage": 2, "optimizer": "sgd"})
@@ -29,6 +32,7 @@ def test_sampled_values_are_written_in_place(experiment):
     assert "# peak learning rate" in out and out.count("\n") == text.count("\n")
 
 
+@pytest.mark.search
 def test_pbt_trains_from_checkpoints_and_records_its_trials(tmp_path):
     import json
 
@@ -48,6 +52,7 @@ def test_pbt_trains_from_checkpoints_and_records_its_trials(tmp_path):
     assert not list((tmp_path / "run" / "trials").glob("*/checkpoints/*"))  # local copies removed
 
 
+@pytest.mark.unit
 def test_pbt_perturbs_choices_by_list_and_keeps_numbers_in_bounds(experiment):
     from evolve.baselines import pbt_scheduler, within_limits
 

@@ -25,6 +25,7 @@ def _check(reply, parent, known=frozenset()):
     return check_reply(reply, parent, MUTABLE, SEALED, known)
 
 
+@pytest.mark.unit
 def test_a_valid_multi_file_reply_passes(parent):
     reply = (f"RATIONALE: raise lr and say so\n\nFILE: config.yaml\n{LR}\n\n"
              "FILE: guidelines.md\n```\n# Guidelines\n- lr 2e-3 at this budget\n```\n")
@@ -34,6 +35,7 @@ def test_a_valid_multi_file_reply_passes(parent):
     assert b"lr: 2.0e-3" in files["config.yaml"] and files["recipe.py"] == parent["recipe.py"]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("reply, stage, reason", [
     ("", "parse", "reply is empty"),
     ("RATIONALE: x\nFILE: ../harness/evaluate.py\n```\nrigged\n```", "policy",
@@ -54,6 +56,7 @@ def test_each_stage_rejects_with_its_reason(parent, reply, stage, reason):
     assert "\n" not in e.value.reason
 
 
+@pytest.mark.unit
 def test_duplicates_are_rejected(parent):
     same = "RATIONALE: x\nFILE: config.yaml\n<<<<<<< SEARCH\nlr: 1.0e-3  # peak learning rate\n=======\nlr: 1.0e-3            # peak learning rate\n>>>>>>> REPLACE"
     with pytest.raises(Rejected, match="duplicate: the edits leave every file as it was"):
@@ -64,6 +67,7 @@ def test_duplicates_are_rejected(parent):
         _check(f"RATIONALE: x\nFILE: config.yaml\n{LR}", parent, known)
 
 
+@pytest.mark.unit
 def test_syntax_never_runs_the_code():
     check_syntax("recipe.py", b"import os\nos._exit(1)\n")  # compiled, not run
     with pytest.raises(Rejected, match="not UTF-8"):
@@ -83,11 +87,13 @@ def _smoke(parent, context, tmp_path, **edits):
     return smoke_run(files, context, str(tmp_path / "smoke"), steps=2, timeout_s=60)
 
 
+@pytest.mark.warm
 def test_smoke_run_trains_a_good_child_and_keeps_nothing(parent, context, tmp_path):
     assert _smoke(parent, context, tmp_path) > 0
     assert not (tmp_path / "smoke").exists()
 
 
+@pytest.mark.warm
 def test_import_and_smoke_failures_are_told_apart(parent, context, tmp_path):
     broken_import = parent["recipe.py"].decode() + "\nimport no_such_module_anywhere\n"
     with pytest.raises(Rejected) as e:
@@ -99,6 +105,7 @@ def test_import_and_smoke_failures_are_told_apart(parent, context, tmp_path):
     assert e.value.stage == "smoke" and "boom" in e.value.reason and "recipe.py line" in e.value.reason
 
 
+@pytest.mark.warm
 def test_a_smoke_run_that_hangs_is_killed(parent, context, tmp_path):
     hang = parent["recipe.py"].decode().replace("def loss(", "def loss(*a, **k):\n    import time\n    time.sleep(600)\n\n\ndef _old_loss(")
     with pytest.raises(Rejected) as e:
@@ -106,6 +113,7 @@ def test_a_smoke_run_that_hangs_is_killed(parent, context, tmp_path):
     assert e.value.stage == "smoke" and e.value.reason == "killed after 8 s without finishing"
 
 
+@pytest.mark.warm
 def test_sgd_with_zero_trains(parent, context, tmp_path):
     """DeepSpeed calls any optimizer but Adam-likes 'untested' with ZeRO; the harness allows the recipe's choice."""
     cfg = parent["config.yaml"].decode().replace("optimizer: adamw ", "optimizer: sgd   ").replace(

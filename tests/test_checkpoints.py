@@ -11,6 +11,8 @@ from evolve.config import load_spec
 from evolve.runner import prepare_data
 from tests.conftest import TINY_LM
 
+pytestmark = pytest.mark.warm
+
 STEP_TOKENS = 16 * 64  # the seed's batch_size x seq_len, one rank
 ENV = {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
 
@@ -42,7 +44,7 @@ def train(root, spec, vdir, out, **extra):
               "out_dir": str(root / out), "train_tokens": 40 * STEP_TOKENS, "report_every": 10,
               "checkpoint_tokens": 0, **extra}
     points = []
-    summary = zygote.call("evolve.harness:solo_rank", {"config": config}, env=ENV, on_report=points.append)
+    summary = zygote.call("evolve.rank:solo_rank", {"config": config}, env=ENV, on_report=points.append)
     return points, summary
 
 

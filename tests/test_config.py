@@ -24,6 +24,7 @@ def write_spec(exp, **changes):
 DELETE = object()
 
 
+@pytest.mark.unit
 def test_tiny_lm_loads_with_documented_defaults(experiment):
     spec = load_spec(experiment)
     assert spec.name == "tiny_lm"
@@ -33,6 +34,7 @@ def test_tiny_lm_loads_with_documented_defaults(experiment):
     assert spec.selection.islands == 2
 
 
+@pytest.mark.unit
 def test_overrides_are_typed_and_applied(experiment):
     spec = load_spec(experiment, ["budget.trials=4", "budget.train_tokens=10_000", "trial.cpus_per_worker=2"])
     assert spec.budget.trials == 4
@@ -40,6 +42,7 @@ def test_overrides_are_typed_and_applied(experiment):
     assert spec.trial.cpus_per_worker == 2.0
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("override, message", [
     ("budget.trials=four", "budget.trials: expected an integer, got 'four'"),
     ("budget.trials=2.5", "budget.trials: expected an integer, got 2.5"),
@@ -67,12 +70,14 @@ def test_bad_overrides_name_field_and_value(experiment, override, message):
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.unit
 def test_sealed_file_that_is_also_mutable_is_rejected(experiment):
     write_spec(experiment, sealed=["harness/evaluate.py", "scaffold/recipe.py"])
     with pytest.raises(SpecError, match=r"^sealed: 'scaffold/recipe.py' is also mutable$"):
         load_spec(experiment)
 
 
+@pytest.mark.unit
 def test_missing_files_are_rejected(experiment):
     write_spec(experiment, mutable=["scaffold/recipe.py", "scaffold/missing.py"])
     with pytest.raises(SpecError, match=r"^mutable: file not found: 'scaffold/missing.py'$"):
@@ -82,18 +87,21 @@ def test_missing_files_are_rejected(experiment):
         load_spec(experiment)
 
 
+@pytest.mark.unit
 def test_missing_required_field(experiment):
     write_spec(experiment, scaffold=DELETE)
     with pytest.raises(SpecError, match="^spec: missing required field scaffold$"):
         load_spec(experiment)
 
 
+@pytest.mark.unit
 def test_heuristic_file_must_be_mutable(experiment):
     write_spec(experiment, mutable=["scaffold/recipe.py"])
     with pytest.raises(SpecError, match="operator.heuristic.file: 'scaffold/config.yaml' is not in the mutable surface"):
         load_spec(experiment)
 
 
+@pytest.mark.unit
 def test_parse_override_values():
     assert parse_override("a.b=1_000") == (["a", "b"], 1000)
     assert parse_override("x=1.0e-3") == (["x"], 0.001)
@@ -102,6 +110,7 @@ def test_parse_override_values():
     assert apply_overrides({"a": {"b": 1}}, ["a.c=2"]) == {"a": {"b": 1, "c": 2}}
 
 
+@pytest.mark.warm
 def test_cli_bad_spec_exits_2_with_one_line(experiment):
     cmd = [sys.executable, "-m", "evolve.cli", "run", str(experiment), "budget.concurrent=zero"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
@@ -109,6 +118,7 @@ def test_cli_bad_spec_exits_2_with_one_line(experiment):
     assert out.stderr.strip() == "evolve: error: budget.concurrent: expected an integer, got 'zero'"
 
 
+@pytest.mark.warm
 def test_cli_missing_experiment_exits_2(tmp_path):
     cmd = [sys.executable, "-m", "evolve.cli", "run", str(tmp_path / "nope")]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
@@ -116,6 +126,7 @@ def test_cli_missing_experiment_exits_2(tmp_path):
     assert "spec file not found" in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.unit
 def test_run_refuses_a_run_dir_that_holds_a_search(experiment, tmp_path, capsys):
     from evolve import cli
 
@@ -128,6 +139,7 @@ def test_run_refuses_a_run_dir_that_holds_a_search(experiment, tmp_path, capsys)
     assert (run_dir / "population" / "0-abc.parquet").read_bytes() == b"x"  # nothing recorded is lost
 
 
+@pytest.mark.unit
 def test_experiment_without_its_sealed_evaluation_is_rejected(experiment):
     (experiment / "harness" / "evaluate.py").unlink()
     write_spec(experiment, sealed=["harness/data.py"])
@@ -135,6 +147,7 @@ def test_experiment_without_its_sealed_evaluation_is_rejected(experiment):
         load_spec(experiment)
 
 
+@pytest.mark.unit
 def test_llm_operator_fields_override_from_the_command_line(experiment):
     spec = load_spec(experiment, ["operator.kind=llm", "operator.base_url=http://127.0.0.1:8000/v1",
                                   "operator.model=coder", "operator.api_key_env=MY_KEY",
@@ -146,6 +159,7 @@ def test_llm_operator_fields_override_from_the_command_line(experiment):
         ("a", 2, "http://127.0.0.1:8000/v1", "MY_KEY"), ("b", 1.0, "http://127.0.0.1:9/v1", "MY_KEY")]
 
 
+@pytest.mark.unit
 def test_an_unset_key_variable_stops_the_run_with_one_line(experiment, tmp_path, capsys, monkeypatch):
     from evolve import cli
 

@@ -4,6 +4,8 @@ import pytest
 
 from evolve.confirm import lines, plan, verdict
 
+pytestmark = pytest.mark.unit
+
 ROWS = [{"variant_id": "seed", "status": "completed", "fitness": 3.0, "parent_ids": [], "operator": "seed"},
         {"variant_id": "a", "status": "completed", "fitness": 2.9, "parent_ids": ["seed"], "operator": "perturb"},
         {"variant_id": "b", "status": "completed", "fitness": 2.85, "parent_ids": ["a"], "operator": "llm"},

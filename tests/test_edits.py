@@ -2,6 +2,8 @@ import pytest
 
 from evolve.edits import MAX_REPLY_CHARS, Edit, EditError, apply_edits, check_paths, clean_path, parse_reply
 
+pytestmark = pytest.mark.unit
+
 FILES = {"config.yaml": b"lr: 1.0e-3            # peak\nbatch_size: 16\n", "recipe.py": b"X = 1\n"}
 
 REPLY = """Some preamble the parser ignores.

@@ -15,7 +15,6 @@ from evolve.config import load_spec
 from evolve.runner import init_ray, prepare_run, run_search
 from evolve.store import Store
 
-pytestmark = pytest.mark.slow
 TINY = ["budget.train_tokens=8192", "trial.report_every=2", "confirm.top=0"]
 
 
@@ -41,6 +40,7 @@ def search(ray_cluster, tmp_path_factory):
     return run_dir, lines
 
 
+@pytest.mark.search
 def test_population_is_complete_and_consistent(search):
     run_dir, lines = search
     pop = load_population(run_dir)
@@ -63,6 +63,7 @@ def test_population_is_complete_and_consistent(search):
     assert len(finished) == 4 and all("| best " in ln for ln in finished)
 
 
+@pytest.mark.search
 def test_the_best_is_retrained_with_fresh_seeds(search):
     from evolve import confirm
 
@@ -83,6 +84,7 @@ def test_the_best_is_retrained_with_fresh_seeds(search):
     assert v["noise"]["n"] == 2 and v["noise"]["sd"] > 0
 
 
+@pytest.mark.search
 def test_cli_status_show_checkout(search, tmp_path, capsys):
     run_dir, _ = search
     assert cli.main(["status", str(run_dir)]) == 0
@@ -100,6 +102,7 @@ def test_cli_status_show_checkout(search, tmp_path, capsys):
     assert cli.main(["show", str(run_dir), "zzzz"]) == 2
 
 
+@pytest.mark.search
 def test_the_notebook_runs_from_a_clean_kernel_over_the_run(search, tmp_path, monkeypatch):
     import nbformat
     from jupyter_client import KernelManager
@@ -122,6 +125,7 @@ def test_the_notebook_runs_from_a_clean_kernel_over_the_run(search, tmp_path, mo
     assert "4 variants in" in text and "--- a/config.yaml" in text and "confirmed champion:" in text
 
 
+@pytest.mark.search
 def test_cli_report_of_a_real_run(search, tmp_path, capsys):
     run_dir, _ = search
     assert cli.main(["report", str(run_dir), "-o", str(tmp_path / "r.html")]) == 0
@@ -193,6 +197,7 @@ def variant_dirs(tmp_path):
     return make
 
 
+@pytest.mark.warm
 def test_failures_are_recorded_and_two_zero2_workers_train(ray_cluster, tmp_path, variant_dirs):
     results = run_variants(tmp_path / "run", {
         "raises": variant_dirs("raises", ('seq, bs = cfg["seq_len"], cfg["batch_size"]',
@@ -212,6 +217,7 @@ def test_failures_are_recorded_and_two_zero2_workers_train(ray_cluster, tmp_path
     assert two["summary"]["tokens_trained"] == 8192 and two["fitness"] > 0
 
 
+@pytest.mark.warm
 def test_one_rank_failing_stops_the_other(ray_cluster, tmp_path, variant_dirs):
     """Rank 1 raises before the first collective; rank 0 must not hang in it."""
     edit = ('seq, bs = cfg["seq_len"], cfg["batch_size"]',
@@ -288,6 +294,7 @@ def llm_search(ray_cluster, tmp_path_factory):
     return run_dir, lines, searcher
 
 
+@pytest.mark.search
 def test_llm_children_are_trained_and_bad_replies_rejected(llm_search, capsys):
     from evolve.analysis import load_audit
 
@@ -328,6 +335,7 @@ def test_llm_children_are_trained_and_bad_replies_rejected(llm_search, capsys):
             assert E2E_KEY.encode() not in path.read_bytes(), path
 
 
+@pytest.mark.search
 @pytest.mark.parametrize("method", ["random", "tpe"])
 def test_baselines_train_their_samples_on_the_slots(ray_cluster, tmp_path, method):
     from evolve.baselines import run_baseline
@@ -348,6 +356,7 @@ def test_baselines_train_their_samples_on_the_slots(ray_cluster, tmp_path, metho
                 spec, (Path(spec.root) / "scaffold" / "config.yaml").read_text()))
 
 
+@pytest.mark.search
 def test_asha_stops_weak_trials_and_frees_their_slots(ray_cluster, tmp_path):
     """A strict ASHA on one slot: later children worse than the best at the first rung stop there."""
     run_dir = tmp_path / "asha"

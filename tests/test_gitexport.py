@@ -42,6 +42,7 @@ def small_run(root):
     return seed, a, b, c
 
 
+@pytest.mark.warm
 def test_lineage_is_commits_with_parents_messages_and_a_champion(tmp_path):
     seed, a, b, c = small_run(tmp_path / "run")
     assert cli.main(["export-git", str(tmp_path / "run"), str(tmp_path / "repo")]) == 0
@@ -64,6 +65,7 @@ def test_lineage_is_commits_with_parents_messages_and_a_champion(tmp_path):
     assert (repo / "config.yaml").read_text() == "lr: 0.002\ndropout: 0.0\n"
 
 
+@pytest.mark.unit
 def test_a_second_export_into_a_used_folder_is_refused(tmp_path, capsys):
     small_run(tmp_path / "run")
     (tmp_path / "repo").mkdir()
@@ -74,6 +76,7 @@ def test_a_second_export_into_a_used_folder_is_refused(tmp_path, capsys):
     assert capsys.readouterr().err.count("\n") == 1
 
 
+@pytest.mark.unit
 def test_parents_come_before_children_whatever_their_times():
     older_child = Variant(files={"a": "1"}, parents=("p",), created_at=1.0)
     parent = Variant(files={"a": "2"}, created_at=5.0)

@@ -2,6 +2,8 @@ import pytest
 
 from evolve.governance import SealedFileChanged, check_sealed, hash_files, sealed_paths, surface_violations
 
+pytestmark = pytest.mark.unit
+
 
 def test_sealed_hash_detects_change_and_removal(tmp_path):
     (tmp_path / "h").mkdir()

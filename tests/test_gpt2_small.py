@@ -24,6 +24,7 @@ TOY_TASK = ["task.eval_seq_len=64", "task.eval_tokens=4096", "task.dev_tokens=10
             "task.split=[0.8,0.1,0.1]"]
 
 
+@pytest.mark.unit
 def test_the_seed_is_gpt2_small():
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -45,6 +46,7 @@ def corpus(tmp_path_factory):
     return path
 
 
+@pytest.mark.unit
 def test_data_from_a_text_file_and_from_a_token_file(tmp_path, corpus):
     spec = load_spec(GPT2_SMALL, [f"task.corpus={corpus}", *TOY_TASK])
     meta = prepare_data(spec, tmp_path / "text")
@@ -74,12 +76,13 @@ def toy(tmp_path_factory, corpus):
     return root, spec, variant
 
 
+@pytest.mark.warm
 def test_a_toy_trial_trains_with_muon_and_bf16_autocast_and_is_evaluated(toy):
     root, spec, variant = toy
     config = {"seed": 0, "task": spec.task, "data_dir": str(root / "data"), "variant_dir": str(variant),
               "out_dir": str(root / "out"), "train_tokens": 60 * 8 * 64, "report_every": 10, "checkpoint_tokens": 0}
     points = []
-    summary = zygote.call("evolve.harness:solo_rank", {"config": config}, env=ENV, on_report=points.append)
+    summary = zygote.call("evolve.rank:solo_rank", {"config": config}, env=ENV, on_report=points.append)
     assert summary["performance"]["autocast"] == "bf16" and summary["performance"]["precision"] == "fp32"
     assert "precision: bf16 on the CPU runs as torch.autocast (the weights stay fp32)" in summary["notes"]
     assert any(n.startswith("tf32:") for n in summary["notes"]) and any(n.startswith("pin_memory:") for n in summary["notes"])
@@ -95,6 +98,7 @@ def test_a_toy_trial_trains_with_muon_and_bf16_autocast_and_is_evaluated(toy):
     assert metrics["heldout_ppl"] == pytest.approx(math.exp(metrics["heldout_loss"]))
 
 
+@pytest.mark.warm
 def test_a_bad_performance_choice_fails_in_one_line(toy):
     root, spec, variant = toy
     bad = root / "bad"
@@ -105,9 +109,10 @@ def test_a_bad_performance_choice_fails_in_one_line(toy):
     config = {"seed": 0, "task": spec.task, "data_dir": str(root / "data"), "variant_dir": str(bad),
               "out_dir": str(root / "bad-out"), "train_tokens": 8 * 64 * 4, "report_every": 10, "checkpoint_tokens": 0}
     with pytest.raises(zygote.ChildFailed, match=r"^performance: precision must be one of fp32, bf16, fp16, got 'fp8'$"):
-        zygote.call("evolve.harness:solo_rank", {"config": config}, env=ENV)
+        zygote.call("evolve.rank:solo_rank", {"config": config}, env=ENV)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("choices, gpu, sandboxed, plan, notes", [
     ({}, False, True, {"precision": "fp32", "autocast": None, "compile": False}, []),
     ({"precision": "bf16"}, True, True, {"precision": "bf16", "autocast": None}, []),
@@ -123,6 +128,7 @@ def test_performance_choices_resolve_for_the_device(choices, gpu, sandboxed, pla
     assert len(said) == len(notes) and all(s.startswith(n) for s, n in zip(said, notes))
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("choices, error", [
     ([], "performance: expected a dict, got list"),
     ({"fp8": True}, "performance: fp8 not known"),
@@ -134,6 +140,7 @@ def test_bad_performance_choices(choices, error):
         performance.plan(choices, gpu=False, sandboxed=False)
 
 
+@pytest.mark.unit
 def test_deepspeed_gets_bf16_or_fp16_with_a_dynamic_loss_scale():
     assert performance.deepspeed_precision({"precision": "bf16"}) == {"bf16": {"enabled": True}}
     fp16 = performance.deepspeed_precision({"precision": "fp16"})["fp16"]
@@ -141,6 +148,7 @@ def test_deepspeed_gets_bf16_or_fp16_with_a_dynamic_loss_scale():
     assert performance.deepspeed_precision({"precision": "fp32"}) == {}
 
 
+@pytest.mark.unit
 def test_mfu_of_gpt2_small_on_an_h200():
     per_token = mfu.flops_per_token(124_475_904, 1024 * 768, 12, 768, 1024)
     assert per_token == pytest.approx(6 * (124_475_904 - 786_432) + 12 * 12 * 768 * 1024)

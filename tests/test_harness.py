@@ -5,6 +5,8 @@ import pytest
 from evolve.harness import RecipeError, build_model, deepspeed_settings, load_recipe, load_settings, one_line
 from tests.conftest import TINY_LM
 
+pytestmark = pytest.mark.unit
+
 SCAFFOLD = TINY_LM / "scaffold"
 
 

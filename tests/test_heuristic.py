@@ -7,6 +7,8 @@ from evolve.config import Heuristic
 from evolve.operators.heuristic import crossover, mutable_keys, perturb, perturb_value
 from evolve.yamledit import format_scalar, set_value
 
+pytestmark = pytest.mark.unit
+
 TEXT = """# settings
 lr: 1.0e-3            # peak learning rate
 optimizer: adamw      # adamw | sgd

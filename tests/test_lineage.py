@@ -4,6 +4,8 @@ import pytest
 
 from evolve.analysis import load_arrow, load_population
 
+pytestmark = pytest.mark.unit
+
 
 def test_ancestors_descendants_and_the_path_with_diffs(small_run):
     root, ids = small_run

@@ -39,6 +39,7 @@ def one_line(e: LLMError) -> str:
 # -- ChatClient over the wire -----------------------------------------------------------------------
 
 
+@pytest.mark.warm
 def test_a_valid_reply_comes_back_with_its_counts(server):
     server.push(Reply(text="Use a cosine schedule with warm-up.", delay_s=0.1))
     client = ChatClient(server.url, "m-test", temperature=0.3, max_tokens=77, timeout_s=10, retries=0)
@@ -59,6 +60,7 @@ def test_a_valid_reply_comes_back_with_its_counts(server):
     assert request["headers"]["content-type"].startswith("application/json")
 
 
+@pytest.mark.warm
 def test_the_key_is_sent_but_never_printed_or_pickled(server, monkeypatch):
     sentinel = "sk-sentinel-6f1d2c9a8b7e"
     monkeypatch.setenv("EVOLVE_TEST_LLM_KEY", sentinel)
@@ -74,12 +76,14 @@ def test_the_key_is_sent_but_never_printed_or_pickled(server, monkeypatch):
     assert server.requests[1]["headers"]["authorization"] == f"Bearer {sentinel}"
 
 
+@pytest.mark.warm
 def test_without_a_key_no_secret_is_sent(server):
     client = ChatClient(server.url, "m-test", timeout_s=10, retries=0)
     assert client.complete(MESSAGES).text == ""
     assert server.requests[0]["headers"]["authorization"] == "Bearer unused"
 
 
+@pytest.mark.warm
 def test_a_rate_limit_is_retried(server):
     server.push(Reply(status=429, headers={"Retry-After": "0"}), Reply(text="after the wait"))
     client = ChatClient(server.url, "m-test", timeout_s=10, retries=2)
@@ -87,6 +91,7 @@ def test_a_rate_limit_is_retried(server):
     assert len(server.requests) == 2
 
 
+@pytest.mark.warm
 def test_a_server_error_is_retried(server):
     server.push(Reply(status=500), Reply(text="recovered"))
     client = ChatClient(server.url, "m-test", timeout_s=10, retries=2)
@@ -94,6 +99,7 @@ def test_a_server_error_is_retried(server):
     assert len(server.requests) == 2
 
 
+@pytest.mark.warm
 def test_persistent_server_errors_give_up_after_the_retries():
     with ScriptedOpenAI(lambda body: Reply(status=500, text="boom\nwith a second line")) as server:
         client = ChatClient(server.url, "m-test", timeout_s=10, retries=1)
@@ -103,6 +109,7 @@ def test_persistent_server_errors_give_up_after_the_retries():
         assert len(server.requests) == 2
 
 
+@pytest.mark.warm
 def test_a_client_error_is_not_retried(server):
     server.push(Reply(status=400, text="bad request"))
     client = ChatClient(server.url, "m-test", timeout_s=10, retries=3)
@@ -112,6 +119,7 @@ def test_a_client_error_is_not_retried(server):
     assert len(server.requests) == 1
 
 
+@pytest.mark.warm
 def test_a_reply_that_never_comes_times_out_fast(server):
     server.push(Reply(never=True))
     client = ChatClient(server.url, "m-test", timeout_s=0.5, retries=0)
@@ -123,6 +131,7 @@ def test_a_reply_that_never_comes_times_out_fast(server):
     assert "no reply within 0.5 s" in msg
 
 
+@pytest.mark.warm
 def test_a_reply_over_the_size_limit_is_refused(server):
     server.push(Reply(text="x" * 10_000_000))
     client = ChatClient(server.url, "m-test", timeout_s=30, retries=0)
@@ -131,12 +140,14 @@ def test_a_reply_over_the_size_limit_is_refused(server):
     assert f"{MAX_REPLY_BYTES:,}" in one_line(e)
 
 
+@pytest.mark.warm
 def test_a_reply_at_the_size_limit_is_accepted(server):
     server.push(Reply(text="y" * MAX_REPLY_BYTES))
     client = ChatClient(server.url, "m-test", timeout_s=30, retries=0)
     assert len(client.complete(MESSAGES).text) == MAX_REPLY_BYTES
 
 
+@pytest.mark.warm
 @pytest.mark.parametrize("reply", [
     Reply(body=b"not json"),
     Reply(body=b"not json", headers={"Content-Type": "text/plain"}),
@@ -157,14 +168,21 @@ def test_a_malformed_body_is_an_llm_error(server, reply):
     assert server.url in one_line(e)
 
 
-def test_an_empty_content_is_an_empty_text(server):
-    server.push(Reply(text=""), Reply(body=b'{"choices": [{"message": {"role": "assistant", "content": null}}]}'))
-    client = ChatClient(server.url, "m-test", timeout_s=10, retries=0)
-    first, second = client.complete(MESSAGES), client.complete(MESSAGES)
-    assert first.text == "" and second.text == ""
+@pytest.mark.warm
+def test_an_empty_content_is_an_empty_text():
+    # a request the script does not answer gets text: an empty text can only come from an empty reply
+    with ScriptedOpenAI(lambda body: Reply(text="not scripted")) as server:
+        server.push(Reply(text=""), Reply(text="between the empty ones"),
+                    Reply(body=b'{"choices": [{"message": {"role": "assistant", "content": null}}]}'))
+        client = ChatClient(server.url, "m-test", timeout_s=10, retries=0)
+        first, between, second = (client.complete(MESSAGES) for _ in range(3))
+        assert (first.text, between.text, second.text) == ("", "between the empty ones", "")
+        assert len(server.requests) == 3  # one request each, every one answered by the script
+    assert first.prompt_tokens > 0  # the first came with the usage the server counted
     assert second.prompt_tokens == 0 and second.completion_tokens == 0 and second.model == "m-test"
 
 
+@pytest.mark.warm
 def test_one_client_serves_many_threads():
     from concurrent.futures import ThreadPoolExecutor
 
@@ -180,6 +198,7 @@ def test_one_client_serves_many_threads():
         assert len(server.requests) == len(asks)
 
 
+@pytest.mark.warm
 def test_a_closed_port_cannot_connect():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -190,11 +209,13 @@ def test_a_closed_port_cannot_connect():
     assert "cannot connect" in one_line(e)
 
 
+@pytest.mark.unit
 def test_an_empty_base_url_is_refused():
     with pytest.raises(LLMError):
         ChatClient("", "m-test")
 
 
+@pytest.mark.warm
 def test_the_server_lists_models_and_closes_while_a_reply_is_held():
     import json
     import threading
@@ -221,6 +242,7 @@ def test_the_server_lists_models_and_closes_while_a_reply_is_held():
 # -- pick, price, make_client --------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_pick_draws_by_weight():
     entries = [{"weight": 3.0}, {"weight": 0.0}, {"weight": 1.0}]
     rng = random.Random(7)
@@ -233,6 +255,7 @@ def test_pick_draws_by_weight():
                                                                    for _ in range(5)]
 
 
+@pytest.mark.unit
 def test_price_is_per_million_tokens():
     entry = {"price_prompt": 2.0, "price_completion": 8.0}
     c = Completion(text="", prompt_tokens=1_000_000, completion_tokens=500_000, latency_s=0.0, model="m")
@@ -241,6 +264,7 @@ def test_price_is_per_million_tokens():
     assert price({"price_prompt": 0.0, "price_completion": 0.0}, c) == 0.0
 
 
+@pytest.mark.unit
 def test_make_client_picks_the_backend(tmp_path):
     entry = {"backend": "openai", "model": "m", "base_url": "http://127.0.0.1:1/v1", "api_key_env": "",
              "temperature": 0.2, "max_tokens": 64}
@@ -255,6 +279,7 @@ def test_make_client_picks_the_backend(tmp_path):
 from tests.conftest import N_POSITIONS  # noqa: E402  (the tiny_model fixture's context)
 
 
+@pytest.mark.unit
 def test_a_local_model_answers_chat_messages(tiny_model):
     client = LocalClient(str(tiny_model), temperature=0.7, max_tokens=8)
     c = client.complete(MESSAGES)
@@ -265,6 +290,7 @@ def test_a_local_model_answers_chat_messages(tiny_model):
     assert c.latency_s > 0
 
 
+@pytest.mark.unit
 def test_a_local_model_is_reproducible_by_seed(tiny_model):
     a = LocalClient(str(tiny_model), temperature=0.7, max_tokens=8, seed=3)
     b = LocalClient(str(tiny_model), temperature=0.7, max_tokens=8, seed=3)
@@ -274,12 +300,14 @@ def test_a_local_model_is_reproducible_by_seed(tiny_model):
     assert again.complete(MESSAGES).text == a.complete(MESSAGES).text
 
 
+@pytest.mark.unit
 def test_a_local_model_greedy_without_temperature(tiny_model):
     a = LocalClient(str(tiny_model), temperature=0.0, max_tokens=5, seed=1)
     b = LocalClient(str(tiny_model), temperature=0.0, max_tokens=5, seed=2)
     assert a.complete(MESSAGES).text == b.complete(MESSAGES).text
 
 
+@pytest.mark.unit
 def test_a_prompt_longer_than_the_context_keeps_its_end(tiny_model):
     client = LocalClient(str(tiny_model), temperature=0.7, max_tokens=8)
     long = [{"role": "user", "content": " ".join(["the loss goes down"] * 200)}]
@@ -289,6 +317,7 @@ def test_a_prompt_longer_than_the_context_keeps_its_end(tiny_model):
     assert c.completion_tokens >= 1
 
 
+@pytest.mark.unit
 def test_a_local_model_uses_the_chat_template(tiny_model, tmp_path):
     import shutil
 
@@ -306,6 +335,7 @@ def test_a_local_model_uses_the_chat_template(tiny_model, tmp_path):
     assert templated.text == plain.text
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("what", ["empty-folder", "tokenizer-only", "missing-folder", "hub-like-name"])
 def test_a_folder_without_a_model_is_an_llm_error(tiny_model, tmp_path, monkeypatch, what):
     import shutil
@@ -328,6 +358,7 @@ def test_a_folder_without_a_model_is_an_llm_error(tiny_model, tmp_path, monkeypa
     assert time.monotonic() - t0 < 5
 
 
+@pytest.mark.warm
 def test_a_reply_already_paid_for_is_not_bought_again(server, tmp_path):
     from evolve.agent import Request, write_notebook
     from evolve.replies import ReplyCache

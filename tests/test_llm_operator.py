@@ -67,6 +67,7 @@ def drive(searcher, trials, deadline_s=60, trial_s=0.0):
     return configs
 
 
+@pytest.mark.warm
 def test_children_are_checked_recorded_and_audited(experiment, tmp_path, server):
     searcher, lines, run = make(experiment, tmp_path, server.url, "budget.trials=5", "operator.max_failures=10")
     # proposal 1 is rejected for a sealed edit, its repair round is a valid edit;
@@ -116,6 +117,7 @@ def test_children_are_checked_recorded_and_audited(experiment, tmp_path, server)
     assert "a proposal rejected at parse: reply is empty" in last_prompt
 
 
+@pytest.mark.warm
 def test_fallback_to_heuristic_and_recovery(experiment, tmp_path, server):
     server.responder = lambda body: Reply(status=500)
     searcher, lines, run = make(experiment, tmp_path, server.url, "budget.trials=12",
@@ -136,6 +138,7 @@ def test_fallback_to_heuristic_and_recovery(experiment, tmp_path, server):
     assert len([ln for ln in lines if "takes over" in ln]) == 1
 
 
+@pytest.mark.unit
 def test_no_endpoint_means_heuristic_said_once(experiment, tmp_path):
     spec = load_spec(experiment, ["operator.kind=llm", "budget.trials=3"])
     lines = []
@@ -146,6 +149,7 @@ def test_no_endpoint_means_heuristic_said_once(experiment, tmp_path):
     assert len([ln for ln in lines if "no endpoint is configured" in ln]) == 1
 
 
+@pytest.mark.warm
 def test_a_reply_that_never_comes_does_not_stall_the_search(experiment, tmp_path, server):
     server.responder = lambda body: Reply(never=True)
     searcher, lines, run = make(experiment, tmp_path, server.url, "budget.trials=3",
@@ -156,6 +160,7 @@ def test_a_reply_that_never_comes_does_not_stall_the_search(experiment, tmp_path
     assert any("fills free slots" in ln for ln in lines)
 
 
+@pytest.mark.warm
 def test_token_budget_stops_new_proposals(experiment, tmp_path, server):
     searcher, lines, run = make(experiment, tmp_path, server.url, "budget.trials=20", "budget.llm_tokens=3000")
     configs = drive(searcher, 20)
@@ -167,6 +172,7 @@ def test_token_budget_stops_new_proposals(experiment, tmp_path, server):
     assert len([ln for ln in lines if "token budget is spent" in ln]) == 1
 
 
+@pytest.mark.warm
 def test_notebook_is_updated_versioned_and_used(experiment, tmp_path, server):
     searcher, lines, run = make(experiment, tmp_path, server.url, "budget.trials=7",
                                 "operator.notebook_every=2")
@@ -184,6 +190,7 @@ def test_notebook_is_updated_versioned_and_used(experiment, tmp_path, server):
     assert pop[pop["operator"] == "llm"]["record"].map(lambda r: r["notebook_version"]).max() >= 1
 
 
+@pytest.mark.warm
 def test_the_api_key_is_sent_but_never_written(experiment, tmp_path, server, monkeypatch):
     secret = "sk-test-" + "9f3a" * 8
     monkeypatch.setenv("EVOLVE_TEST_KEY", secret)
@@ -200,6 +207,7 @@ def test_the_api_key_is_sent_but_never_written(experiment, tmp_path, server, mon
     assert not any(secret in ln for ln in lines)
 
 
+@pytest.mark.unit
 def test_a_local_transformers_model_drives_the_operator(experiment, tmp_path, tiny_model):
     """A random local model writes nonsense: every reply is rejected, audited, and the heuristic takes over."""
     spec = load_spec(experiment, ["operator.kind=llm", "operator.backend=transformers",
@@ -218,6 +226,7 @@ def test_a_local_transformers_model_drives_the_operator(experiment, tmp_path, ti
     assert len([ln for ln in lines if "takes over" in ln]) == 1
 
 
+@pytest.mark.warm
 def test_resume_takes_in_the_kept_proposals_and_buys_none_again(experiment, tmp_path, server):
     """Replies that came after the searcher's last snapshot are kept on disk and used after a kill."""
     more = ["budget.trials=6", "operator.ahead=4", "operator.parallel=2"]

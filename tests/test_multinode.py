@@ -10,7 +10,7 @@ from evolve.analysis import load_population
 from evolve.config import load_spec
 from evolve.runner import run_search
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.search
 
 
 def test_a_trial_spans_two_nodes(tmp_path, monkeypatch):

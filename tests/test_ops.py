@@ -4,11 +4,13 @@ import os
 import subprocess
 import sys
 
+import pytest
 from torch.utils.cpp_extension import _get_build_directory
 
 from evolve.ops import OP_NAME
 
 
+@pytest.mark.warm
 def test_a_lock_left_by_a_killed_process_does_not_hang_the_next_load():
     from pathlib import Path
 
@@ -22,6 +24,7 @@ def test_a_lock_left_by_a_killed_process_does_not_hang_the_next_load():
     assert not stale.exists()
 
 
+@pytest.mark.unit
 def test_every_evolve_module_setup_sh_runs_exists():
     """A module renamed or moved must not break a fresh machine's set-up."""
     import importlib.util

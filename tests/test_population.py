@@ -5,6 +5,8 @@ import pytest
 
 from evolve import population as pop
 
+pytestmark = pytest.mark.unit
+
 
 def test_score_orients_and_fails_to_minus_inf():
     assert pop.score(2.0, "min") == -2.0
@@ -25,8 +27,18 @@ def test_tournament_returns_best_of_the_drawn():
 
 def test_tournament_is_deterministic_for_a_seed():
     members = [(str(i), float(i % 7)) for i in range(40)]
-    picks = [pop.tournament(random.Random(42), members, 3) for _ in range(3)]
-    assert len(set(picks)) == 1
+    rng = random.Random(42)  # one generator across the draws, as the searcher keeps one
+    picks = [pop.tournament(rng, members, 3) for _ in range(30)]
+    again = random.Random(42)
+    assert [pop.tournament(again, members, 3) for _ in range(30)] == picks  # the seed pins the whole sequence
+    assert len(set(picks)) > 1  # each draw is a new one, not the first again
+    other = random.Random(43)
+    assert [pop.tournament(other, members, 3) for _ in range(30)] != picks  # and another seed another sequence
+    # each pick is the best of the three members the generator drew, the first drawn on a tie
+    replay = random.Random(42)
+    for pick in picks:
+        drawn = replay.sample(members, 3)
+        assert pick == max(drawn, key=lambda m: m[1])[0]
 
 
 def test_select_parents_distinct():

@@ -8,6 +8,8 @@ import pytest
 
 from evolve.prompts import Candidate, child_messages, notebook_messages, prompt_hash, repair_messages
 
+pytestmark = pytest.mark.unit
+
 GOLDEN = Path(__file__).parent / "golden"
 SCAFFOLD = Path(__file__).resolve().parents[1] / "experiments" / "tiny_lm" / "scaffold"
 

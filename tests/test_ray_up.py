@@ -27,7 +27,7 @@ import yaml
 from evolve.analysis import load_population
 from tests.conftest import wait_for_port
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.search
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent  # the tests' own environment (.venv/bin)
 NEEDED = {"/usr/sbin/sshd": "openssh-server", "/usr/bin/rsync": "rsync", "/usr/bin/nc": "netcat-openbsd"}

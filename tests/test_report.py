@@ -9,6 +9,8 @@ from evolve import cli, plots
 from evolve.analysis import load_population
 from evolve.report import render
 
+pytestmark = pytest.mark.unit
+
 
 def _png_ok(fig):
     import io

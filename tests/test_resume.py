@@ -170,28 +170,109 @@ def start_search(experiment, tmp_path, trials):
                             log=log)
 
 
-def test_a_driver_killed_while_trials_train_resumes_without_loss_or_repeats(experiment, tmp_path):
-    run, log, p = start_search(experiment, tmp_path, 5)
-    try:
-        deadline, running = time.time() + 900, set()
-        while time.time() < deadline and p.poll() is None and not running:
-            candidates = checkpointed_but_running(run) if recorded(run) else set()
-            if candidates:
-                # a checkpoint Tune knows, with seconds of training left: a trial near its end may
-                # finish (and keep its result) between this check and the kill
-                known, progress = known_to_tune(run), checkpointed_tokens(run)
-                early = {v for v in candidates if v in known and progress.get(v, BUDGET) <= BUDGET - 3 * CKPT}
-                running = early & checkpointed_but_running(run)  # and it still trains
-            time.sleep(0.2)
-        assert p.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
-    finally:
-        lose_the_head(p)  # Ray's workers start their own sessions: a trial would outlive its group's kill
-    before = recorded(run)
-    assert 1 <= len(before) < 5 and running
-    running = {v for v in running if not (run / "kept" / f"{v}.json").exists()}
-    assert running, "every trial chosen had finished its training before the kill"
+HOLD_AT = 3 * CKPT  # tokens after which every rank of the held experiment waits for its release
 
-    pop = resume_to_the_end(run, log, before, 5)
+# Appended to the seed's recipe.py (so every variant carries it: the heuristic operator changes
+# only config.yaml): past HOLD_AT tokens a rank waits until a file named `release` appears beside
+# its recipe.py, in the run folder's work/<variant>/. The test holds a trial there, after checkpoints
+# Tune knows and long before its budget, for as long as it needs: however fast the machine, the
+# trial cannot finish before the kill.
+HOLD = f"""
+
+HOLD_AT = {HOLD_AT}
+
+
+def batches(data, cfg, generator, _seed_batches=batches):
+    import os
+    import time
+
+    release = os.path.join(os.path.dirname(os.path.abspath(__file__)), "release")
+    tokens = 0
+    for batch in _seed_batches(data, cfg, generator):
+        while tokens >= HOLD_AT and not os.path.exists(release):
+            time.sleep(0.05)
+        tokens += cfg["batch_size"] * cfg["seq_len"]
+        yield batch
+"""
+
+
+def hold_every_rank(experiment):
+    """Makes every variant of the experiment wait past HOLD_AT tokens until `Releaser` lets it go."""
+    recipe = experiment / "scaffold" / "recipe.py"
+    recipe.write_text(recipe.read_text() + HOLD)
+
+
+class Releaser:
+    """Lets held ranks go: a thread writes `release` beside every variant's files but those in `keep`.
+
+    Releases nothing until `release_all_but` or `release_all` is called.
+    """
+
+    def __init__(self, run):
+        self.run, self.keep, self.on = run, set(), False
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="releaser", daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stopped.set()
+        self.thread.join(timeout=10)
+
+    def release_all_but(self, *keep):
+        self.keep, self.on = set(keep), True
+
+    def release_all(self):
+        self.release_all_but()
+
+    def _loop(self):
+        while not self.stopped.wait(0.1):
+            if not self.on:
+                continue
+            for d in list((self.run / "work").glob("*")):
+                if d.name not in self.keep and not (d / "release").exists():
+                    try:
+                        (d / "release").touch()
+                    except OSError:  # a variant's folder being written
+                        pass
+
+
+def held_with_a_checkpoint(run):
+    """Variants still training (no row, no kept result) whose checkpoint Tune's saved state records."""
+    known = known_to_tune(run)
+    return sorted(v for v in checkpointed_but_running(run) if v in known)
+
+
+@pytest.mark.search
+def test_a_driver_killed_while_trials_train_resumes_without_loss_or_repeats(experiment, tmp_path):
+    hold_every_rank(experiment)
+    run, log, p = start_search(experiment, tmp_path, 5)
+    with Releaser(run) as releaser:
+        try:
+            deadline, victim = time.time() + 900, None
+            while time.time() < deadline and p.poll() is None:
+                if victim is None:
+                    # the first trial with a checkpoint Tune knows stays held; the others train to the end
+                    candidates = held_with_a_checkpoint(run)
+                    if candidates:
+                        victim = candidates[0]
+                        releaser.release_all_but(victim)
+                elif recorded(run):
+                    break  # a row recorded, and the victim still held at HOLD_AT tokens
+                time.sleep(0.2)
+            assert p.poll() is None and victim and recorded(run), (tmp_path / "run.log").read_text()[-3000:]
+        finally:
+            lose_the_head(p)  # Ray's workers start their own sessions: a trial would outlive its group's kill
+        before = recorded(run)
+        assert 1 <= len(before) < 5 and victim not in before
+        assert not (run / "kept" / f"{victim}.json").exists()  # it was held: it never finished
+        assert checkpointed_tokens(run)[victim] <= BUDGET - 3 * CKPT  # held far from its end
+        running = {victim}
+
+        releaser.release_all()
+        pop = resume_to_the_end(run, log, before, 5)
     rows = pop.set_index("variant_id")
     # a trial running at the kill continued from its checkpoint: it trained only the rest of its
     # budget, and its record holds the whole curve
@@ -203,6 +284,7 @@ def test_a_driver_killed_while_trials_train_resumes_without_loss_or_repeats(expe
     assert [p[0] for p in curve] == sorted({p[0] for p in curve})  # and none twice
 
 
+@pytest.mark.unit
 def test_resume_needs_a_run_folder_with_tune_state(tmp_path, experiment):
     from evolve import cli
 
@@ -237,27 +319,33 @@ def rank_process(run, vid):
     return None
 
 
+@pytest.mark.search
 def test_a_killed_training_process_is_retried_from_its_checkpoint(experiment, tmp_path):
+    hold_every_rank(experiment)
     run, log, p = start_search(experiment, tmp_path, 2)
-    try:
-        deadline, victim = time.time() + 900, None
-        while time.time() < deadline and p.poll() is None and victim is None:
-            for vid in checkpointed_but_running(run):
-                pid = rank_process(run, vid)
-                if pid is not None:
-                    os.kill(pid, signal.SIGKILL)  # the rank dies mid-trial, as on a lost node
-                    victim = vid
-                    break
-            time.sleep(0.2)
-        assert victim, (tmp_path / "run.log").read_text()[-3000:]
-        assert p.wait(timeout=900) == 0, (tmp_path / "run.log").read_text()[-3000:]
-    finally:
-        kill_group(p)
+    with Releaser(run) as releaser:
+        try:
+            deadline, victim = time.time() + 900, None
+            while time.time() < deadline and p.poll() is None and victim is None:
+                # held at HOLD_AT tokens, after a checkpoint Tune knows: it cannot finish before the kill
+                for vid in held_with_a_checkpoint(run):
+                    pid = rank_process(run, vid)
+                    if pid is not None:
+                        os.kill(pid, signal.SIGKILL)  # the rank dies mid-trial, as on a lost node
+                        victim = vid
+                        break
+                time.sleep(0.2)
+            assert victim, (tmp_path / "run.log").read_text()[-3000:]
+            releaser.release_all()  # the retried trial, and the other, train to the end
+            assert p.wait(timeout=900) == 0, (tmp_path / "run.log").read_text()[-3000:]
+        finally:
+            kill_group(p)
     pop = load_population(run).set_index("variant_id")
     assert len(pop) == 2 and (pop["status"] == "completed").all()
     assert pop.loc[victim, "tokens_trained"] <= BUDGET - CKPT  # continued from its checkpoint
 
 
+@pytest.mark.unit
 def test_corrupt_tune_state_is_one_line_and_changes_nothing(tmp_path, experiment):
     import yaml
 
@@ -277,6 +365,7 @@ def test_corrupt_tune_state_is_one_line_and_changes_nothing(tmp_path, experiment
     assert (run / "tune" / "tuner.pkl").read_bytes() == b"\x80\x05truncat"  # nothing was touched
 
 
+@pytest.mark.unit
 def test_a_truncated_result_file_is_named_and_left_out(tmp_path, capsys):
     from evolve import cli
     from evolve.store import Store
@@ -305,6 +394,7 @@ def test_a_truncated_result_file_is_named_and_left_out(tmp_path, capsys):
 SHORT = 40_960  # tokens per trial where no checkpoint is needed
 
 
+@pytest.mark.search
 def test_a_driver_killed_while_writing_a_result_resumes_without_training_it_again(experiment, tmp_path):
     run, log = tmp_path / "run", open(tmp_path / "run.log", "wb")
     p = evolve("2", "run", str(experiment), "budget.trials=4", f"budget.train_tokens={SHORT}",
@@ -326,6 +416,7 @@ def test_a_driver_killed_while_writing_a_result_resumes_without_training_it_agai
     assert pop.loc[interrupted, "started_at"] < killed_at and pop.loc[interrupted, "tokens_trained"] >= SHORT
 
 
+@pytest.mark.search
 def test_a_driver_killed_while_a_proposal_is_being_made_buys_no_reply_twice(experiment, tmp_path):
     from tests.agent_replies import lr_edit
     from tests.openai_server import Reply, ScriptedOpenAI

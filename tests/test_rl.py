@@ -29,6 +29,7 @@ def lines(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.unit
 def test_the_splits_cover_the_space_once_and_answers_run_least_significant_first(tmp_path):
     task = load_spec(RL_ARITH).task
     meta = data_py.prepare(tmp_path, task)
@@ -48,6 +49,7 @@ def test_the_splits_cover_the_space_once_and_answers_run_least_significant_first
         data_py.prepare(tmp_path / "x", {"digits": 1, "heldout": 150, "dev": 50})
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("completion,answer,right,parsed", [
     ("132;", "132", True, 132), ("132;99", "132", True, 132), ("132", "132", False, None),
     ("0132;", "132", False, 132), ("13;", "132", False, 13), ("-7;", "-7", True, -7), ("1 3;", "13", False, None),
@@ -58,6 +60,7 @@ def test_the_sealed_verifier_wants_the_exact_digits_and_the_end_mark(completion,
     assert verifier.parse(completion) == parsed
 
 
+@pytest.mark.unit
 def test_a_plan_with_a_bad_value_is_one_line_naming_the_key():
     good = recipe.plan(SETTINGS)
     assert rl.check_plan(good)["group_size"] == SETTINGS["group_size"]
@@ -73,12 +76,14 @@ def test_a_plan_with_a_bad_value_is_one_line_naming_the_key():
         rl.check_plan({**good, "prompts_per_step": 1000, "group_size": 1000})
 
 
+@pytest.mark.unit
 def test_the_completion_mask_ends_with_the_first_end_mark():
     end = ord(";")
     rows = torch.tensor([list(b"12;;"), list(b"1;2;"), list(b"1234")])
     assert rl.completion_mask(rows, end).tolist() == [[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]]
 
 
+@pytest.mark.unit
 def test_teacher_forcing_masks_in_the_answer_and_its_end_mark_only():
     x, y, mask = rl.answer_tensors([("12+34=", "64"), ("99+99=", "891")], 4, ord(";"))
     assert x.shape == y.shape == mask.shape == (2, 9)
@@ -86,6 +91,7 @@ def test_teacher_forcing_masks_in_the_answer_and_its_end_mark_only():
     assert bytes(y[1][mask[1] == 1].tolist()) == b"891;"
 
 
+@pytest.mark.unit
 def test_nucleus_sampling_keeps_the_smallest_set_holding_top_p():
     class Fixed(torch.nn.Module):  # next-byte probabilities 0.6, 0.3, 0.1 on bytes 7, 8, 9
         def forward(self, input_ids):
@@ -105,6 +111,7 @@ def test_nucleus_sampling_keeps_the_smallest_set_holding_top_p():
     assert (cold == 7).float().mean().item() > 0.99
 
 
+@pytest.mark.unit
 def test_the_seed_reward_pays_right_answers_most_and_its_advantages_centre_each_group():
     r = lambda c, a="231": recipe.reward("47+85=", c, a, SETTINGS)  # noqa: E731
     assert r("231;") == 1.0
@@ -138,7 +145,7 @@ def variant(root, name, settings=None, replace=None):
     return dest
 
 
-def train(root, spec, vdir, tokens, target="evolve.harness:solo_rank", **extra):
+def train(root, spec, vdir, tokens, target="evolve.rank:solo_rank", **extra):
     config = {"seed": 0, "task": spec.task, "data_dir": str(root / "data"), "variant_dir": str(vdir),
               "out_dir": str(root / f"out-{vdir.name}"), "train_tokens": tokens, "report_every": 25,
               "trainer": "rl", **extra}
@@ -148,6 +155,7 @@ def train(root, spec, vdir, tokens, target="evolve.harness:solo_rank", **extra):
     return points, summary
 
 
+@pytest.mark.warm
 def test_a_warm_up_then_rl_within_the_budget_learns_the_task(arith):
     root, spec = arith
     vdir = variant(root, "learner", {"sft_frac": 0.85, "lr": 0.006})
@@ -165,6 +173,7 @@ def test_a_warm_up_then_rl_within_the_budget_learns_the_task(arith):
     assert points[-1]["dev_accuracy"] > points[0]["dev_accuracy"]
 
 
+@pytest.mark.warm
 @pytest.mark.parametrize("replace,words", [
     ({"yield torch.randint(0, len(problems), (size,), generator=generator).tolist()":
       "yield [len(problems)] * size"}, "batches: indices must be integers in"),
@@ -176,9 +185,10 @@ def test_a_recipe_hook_that_breaks_the_rules_fails_its_smoke_run_in_one_line(ari
     root, spec = arith
     vdir = variant(root, "bad-" + "".join(c if c.isalnum() else "-" for c in words), {"sft_frac": 0.1}, replace)
     with pytest.raises(zygote.ChildFailed, match=words):
-        train(root, spec, vdir, 50_000, "evolve.harness:smoke_rank", max_steps=2, smoke=True)
+        train(root, spec, vdir, 50_000, "evolve.rank:smoke_rank", max_steps=2, smoke=True)
 
 
+@pytest.mark.unit
 def test_the_spec_names_its_trainer_and_the_rl_trainer_refuses_checkpoints():
     assert load_spec(RL_ARITH).trainer == "rl" and load_spec(ROOT / "experiments" / "tiny_lm").trainer == "lm"
     with pytest.raises(SpecError, match="trainer: expected one of lm, rl, got 'ppo'"):
@@ -187,7 +197,7 @@ def test_the_spec_names_its_trainer_and_the_rl_trainer_refuses_checkpoints():
         load_spec(RL_ARITH, ["trial.checkpoint_tokens=1000"])
 
 
-@pytest.mark.slow
+@pytest.mark.search
 def test_a_data_parallel_search_of_the_rl_experiment_records_accuracies_and_picks_the_highest(tmp_path):
     from evolve.analysis import load_population
 

@@ -15,6 +15,7 @@ from evolve.evaluation import EvaluationError, load_checked_model, seal_model
 from tests.conftest import TINY_LM
 
 
+@pytest.mark.unit
 def test_the_view_empties_trees_keeps_python_and_never_uncovers_what_is_hidden(tmp_path):
     run = tmp_path / "run"
     (run / "data").mkdir(parents=True)
@@ -30,6 +31,7 @@ def test_the_view_empties_trees_keeps_python_and_never_uncovers_what_is_hidden(t
     assert not any(p == "/" or str(run).startswith(p.rstrip("/") + "/") for p in v["python"])
 
 
+@pytest.mark.unit
 def test_a_hidden_module_is_hidden_compiled_too(tmp_path):
     (tmp_path / "__pycache__").mkdir()
     (tmp_path / "corpus.py").write_text("TEXT = 'secret'\n")
@@ -40,15 +42,43 @@ def test_a_hidden_module_is_hidden_compiled_too(tmp_path):
                                   str(tmp_path / "corpus.py")])
 
 
+@pytest.mark.warm
 def test_an_allowlist_is_split_around_a_hidden_file(tmp_path):
-    (tmp_path / "pkg" / "deep").mkdir(parents=True)
-    for rel in ("a.py", "pkg/b.py", "pkg/deep/secret.txt", "pkg/deep/c.py"):
-        (tmp_path / rel).write_text("x")
-    listable, readable = sandbox._allow_around(str(tmp_path), [str(tmp_path / "pkg" / "deep" / "secret.txt")])
-    assert listable == [str(tmp_path), str(tmp_path / "pkg"), str(tmp_path / "pkg" / "deep")]
-    assert sorted(readable) == sorted(str(tmp_path / r) for r in ("a.py", "pkg/b.py", "pkg/deep/c.py"))
+    """Landlock cannot subtract: a hidden file beneath a readable folder is refused while the folders
+    above it stay listable and every other file beneath them, however deep, stays readable."""
+    if landlock.abi() < 1:
+        pytest.fail("this kernel has no Landlock: the unprivileged sandbox level cannot work here")
+    tree = tmp_path / "tree"
+    (tree / "pkg" / "deep").mkdir(parents=True)
+    files = ("a.py", "pkg/b.py", "pkg/deep/secret.txt", "pkg/deep/c.py")
+    for rel in files:
+        (tree / rel).write_text(rel)
+    (tmp_path / "outside.txt").write_text("not asked for")
+    (tmp_path / "out").mkdir()
+    policy = {"level": "unprivileged", "writable": str(tmp_path / "out"), "read": [str(tree)],
+              "hidden": [str(tree / "pkg" / "deep" / "secret.txt")], "hidden_trees": []}
+
+    def attempt():
+        got = {}
+        for rel in (*files, "../outside.txt"):
+            try:
+                got[rel] = (tree / rel).read_text()
+            except OSError as e:
+                got[rel] = type(e).__name__
+        for rel in (".", "pkg", "pkg/deep"):
+            try:
+                got[f"ls {rel}"] = ",".join(sorted(os.listdir(tree / rel)))
+            except OSError as e:
+                got[f"ls {rel}"] = type(e).__name__
+        return got
+
+    assert sandbox.run_sandboxed(policy, attempt, confined=False) == {"result": {
+        "a.py": "a.py", "pkg/b.py": "pkg/b.py", "pkg/deep/c.py": "pkg/deep/c.py",
+        "pkg/deep/secret.txt": "PermissionError", "../outside.txt": "PermissionError",
+        "ls .": "a.py,pkg", "ls pkg": "b.py,deep", "ls pkg/deep": "c.py,secret.txt"}}
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("msg, error", [
     ({"pid": 1}, "malformed message"),
     ({"report": {"x": 1}, "result": 2}, "malformed message"),
@@ -63,6 +93,7 @@ def test_the_channel_refuses_what_is_not_its_schema(msg, error):
         channel.check(msg)
 
 
+@pytest.mark.unit
 def test_the_channel_reads_lines_and_caps_their_size():
     r = channel.Reader()
     assert r.feed(b'{"report": {"step": 1, "dev_loss": 3.5, "last": false}}\n{"res') == [
@@ -75,6 +106,7 @@ def test_the_channel_reads_lines_and_caps_their_size():
         channel.Reader().feed(b"x" * (channel.MAX_LINE + 1))
 
 
+@pytest.mark.unit
 def test_folder_usage_counts_blocks_and_stops_past_the_cap(tmp_path):
     (tmp_path / "a").write_bytes(b"x" * 100_000)
     (tmp_path / "d").mkdir()
@@ -84,6 +116,7 @@ def test_folder_usage_counts_blocks_and_stops_past_the_cap(tmp_path):
     assert channel.folder_usage(str(tmp_path), 1000) == 1001
 
 
+@pytest.mark.unit
 def test_the_filter_names_the_calls_the_issue_lists():
     names = set(syscalls.refused_names())
     for call in ("execve", "execveat", "socket", "connect", "bind", "listen", "accept", "ptrace",
@@ -111,6 +144,7 @@ def _in_child(fn) -> dict:
     return json.loads(data)
 
 
+@pytest.mark.warm
 def test_the_filter_refuses_in_the_kernel_what_python_would_not_report():
     def attempt():
         syscalls.install()
@@ -129,6 +163,7 @@ def test_the_filter_refuses_in_the_kernel_what_python_would_not_report():
     assert got == {"socket": 1, "fork": 1, "kill": 1, "exec": 1, "self": "allowed"}
 
 
+@pytest.mark.warm
 def test_landlock_keeps_a_process_to_its_allowlist(tmp_path):
     if landlock.abi() < 1:
         pytest.fail("this kernel has no Landlock: the unprivileged sandbox level cannot work here")
@@ -152,17 +187,20 @@ def test_landlock_keeps_a_process_to_its_allowlist(tmp_path):
     assert _in_child(attempt)["ok"] == {"open": "yes", "closed": "refused"}
 
 
+@pytest.mark.warm
 @pytest.mark.parametrize("level", sandbox.LEVELS)
 def test_each_level_sets_up_here_and_hides_what_it_must(level):
     assert sandbox.probe(level) is None
 
 
+@pytest.mark.warm
 def test_auto_takes_the_full_level_and_says_so():
     assert sandbox.choose("auto") == ("full", "sandbox: full")
     assert sandbox.choose("unprivileged")[1].startswith("sandbox: unprivileged (no user namespaces): forced")
     assert sandbox.choose("off")[0] is None
 
 
+@pytest.mark.unit
 def test_the_sandbox_setting_takes_levels_and_older_booleans():
     assert load_spec(TINY_LM, ["trial.sandbox=unprivileged"]).trial.sandbox == "unprivileged"
     assert load_spec(TINY_LM, ["trial.sandbox=false"]).trial.sandbox == "off"
@@ -186,6 +224,7 @@ def _saved(tmp_path, **config):
     return model, tmp_path / "model"
 
 
+@pytest.mark.unit
 def test_a_saved_model_loads_as_the_harness_would_build_it(tmp_path):
     import torch
 
@@ -196,6 +235,7 @@ def test_a_saved_model_loads_as_the_harness_would_build_it(tmp_path):
     assert torch.allclose(model.eval()(input_ids=x).logits, loaded(input_ids=x).logits)
 
 
+@pytest.mark.unit
 def test_config_json_keys_outside_the_architecture_are_ignored(tmp_path):
     _, path = _saved(tmp_path)
     c = json.loads((path / "config.json").read_text())
@@ -205,6 +245,7 @@ def test_config_json_keys_outside_the_architecture_are_ignored(tmp_path):
     assert load_checked_model(path, TASK, 256).config.vocab_size == 256  # the data's, not the file's
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("change, error", [
     ({"n_layer": 3}, "tensors do not match the architecture"),
     ({"n_embd": 256, "n_layer": 4}, "parameters exceed the cap of 200,000"),
@@ -221,6 +262,7 @@ def test_a_saved_model_that_is_not_the_harness_s_fails_in_one_line(tmp_path, cha
         load_checked_model(path, TASK, 256)
 
 
+@pytest.mark.unit
 def test_sealing_refuses_links_pickles_and_oversized_weights(tmp_path):
     _, path = _saved(tmp_path)
     (path / "model.safetensors").rename(tmp_path / "real.safetensors")

@@ -10,6 +10,8 @@ from evolve.runner import scaffold_files
 from evolve.searcher import EvolveSearcher
 from evolve.store import Store
 
+pytestmark = pytest.mark.unit
+
 
 def make(experiment, tmp_path, *overrides):
     spec = load_spec(experiment, ["budget.trials=8", "confirm.top=0", *overrides])
@@ -75,15 +77,21 @@ def test_save_restore_continues_identically(experiment, tmp_path):
 
 
 def test_best_and_island_members_follow_the_results(experiment, tmp_path):
-    s, _ = make(experiment, tmp_path)
+    s, _ = make(experiment, tmp_path, "budget.trials=16")
     fits = [2.5, None, 2.1, 2.4, 2.3, 2.0, None, 2.2]
     for i, fit in enumerate(fits):
         cfg = s.suggest(f"t{i}")
         finish(s, f"t{i}", cfg, fit)
     completed = {v: r["fitness"] for v, r in s.results.items() if r["fitness"] is not None}
     assert s.best_id() == min(completed, key=completed.get)
+    pools = []
     for island, ids in enumerate(s.islands):  # each island's pool is exactly its scored members
-        assert sorted(v for v, _ in s._members(island)) == sorted(v for v in ids if v in completed)
+        pools.append({v for v, _ in s.island_scored[island]})
+        assert sorted(pools[-1]) == sorted(v for v in ids if v in completed)
+    # and the next children are bred only from their island's pool: never a failed or unscored variant
+    for i in range(len(fits), len(fits) + 6):
+        child = s.variants[s.suggest(f"t{i}")["variant_id"]]
+        assert child.parents and set(child.parents) <= pools[child.island], (child.island, child.parents)
 
 
 def test_a_trial_restored_from_a_checkpoint_keeps_its_whole_curve(experiment, tmp_path):

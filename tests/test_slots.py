@@ -10,7 +10,7 @@ from evolve.config import load_spec
 from evolve.runner import init_ray
 from evolve.slots import SlotBoard
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.warm
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,8 @@ import pytest
 
 from evolve.stats import betainc, mean_ci, t_cdf, t_ppf, welch
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize("t, df, p", [(2.015, 5, 0.95), (2.776, 4, 0.975), (1.0, 1, 0.75), (0.0, 7, 0.5),
                                       (-2.228, 10, 0.025), (4.303, 2, 0.975)])

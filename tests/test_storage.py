@@ -1,6 +1,7 @@
 """Run folders in S3-compatible storage: a real server on 127.0.0.1, spoken to over the wire."""
 
 import shutil
+import threading
 import time
 import uuid
 
@@ -39,6 +40,7 @@ def _result(store, i):
     return v.id
 
 
+@pytest.mark.unit
 def test_uris_and_their_local_copies(tmp_path, monkeypatch):
     monkeypatch.setenv("EVOLVE_CACHE", str(tmp_path))
     assert storage.is_uri("s3://b/k") and storage.is_uri("gs://b/k")
@@ -48,6 +50,7 @@ def test_uris_and_their_local_copies(tmp_path, monkeypatch):
         storage.Mirror(tmp_path / "x", "nosuch://b/k")
 
 
+@pytest.mark.warm
 def test_every_record_is_in_the_bucket_when_its_write_returns(uri):
     local = storage.local_copy(uri)
     mirror = storage.Mirror(local, uri, interval_s=3600).start()  # no sweep: only the writes' own uploads
@@ -68,6 +71,7 @@ def test_every_record_is_in_the_bucket_when_its_write_returns(uri):
         mirror.stop()
 
 
+@pytest.mark.warm
 def test_compaction_removes_merged_parts_from_the_bucket_after_the_merged_file(uri):
     local = storage.local_copy(uri)
     mirror = storage.Mirror(local, uri, interval_s=3600).start()
@@ -84,6 +88,7 @@ def test_compaction_removes_merged_parts_from_the_bucket_after_the_merged_file(u
     assert list(load_population(fresh.local)["variant_id"]) == ids
 
 
+@pytest.mark.warm
 def test_a_run_in_the_bucket_reads_anywhere(uri, tmp_path, capsys):
     from evolve import cli
 
@@ -104,6 +109,7 @@ def test_a_run_in_the_bucket_reads_anywhere(uri, tmp_path, capsys):
     assert "not a run directory" in capsys.readouterr().err
 
 
+@pytest.mark.warm
 def test_an_unreachable_bucket_is_one_line(tmp_path, monkeypatch, capsys):
     from evolve import cli
 
@@ -117,35 +123,58 @@ def test_an_unreachable_bucket_is_one_line(tmp_path, monkeypatch, capsys):
     assert err.startswith("evolve: error: ") and len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.slow
+@pytest.mark.search
 def test_a_search_in_the_bucket_resumes_on_another_head(uri, experiment, tmp_path):
-    """The driver is killed mid-search and its disk lost; `evolve resume URI` finishes from the bucket."""
+    """The driver is killed mid-search and its disk lost; `evolve resume URI` finishes from the bucket.
+
+    The LLM operator writes the children, and the test holds the second child's reply until after
+    the kill: however fast the machine, at most the seed and the first child are recorded by then.
+    """
+    from tests.agent_replies import lr_edit
+    from tests.openai_server import Reply, ScriptedOpenAI
     from tests.test_resume import evolve, kill_group, lose_the_head
 
-    log = open(tmp_path / "run.log", "wb")
-    p = evolve("run", str(experiment), "budget.trials=3", "budget.concurrent=1", "budget.train_tokens=8192",
-               "trial.report_every=2", "confirm.top=0", "--run-dir", uri, log=log)
-    try:
-        deadline = time.time() + 600
-        while time.time() < deadline and p.poll() is None:
-            files = remote(uri)
-            if any(k.startswith("population/") for k in files) and any("experiment_state" in k for k in files):
-                break  # a result and Tune's state are in the bucket
-            time.sleep(0.5)
-        assert p.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
-    finally:
-        lose_the_head(p)
-    before = {k: read_remote(uri, k) for k in remote(uri) if k.startswith("population/")}
-    assert 1 <= len(before) < 3
-    shutil.rmtree(storage.local_copy(uri))  # the head node is gone, and its disk with it
+    held, release, asked = threading.Event(), threading.Event(), [0]
 
-    q = evolve("resume", uri, log=log)
-    try:
-        assert q.wait(timeout=900) == 0, (tmp_path / "run.log").read_text()[-3000:]
-    finally:
-        kill_group(q)
+    def respond(body):
+        asked[0] += 1
+        if asked[0] == 2 and not release.is_set():  # the second child's reply waits for the kill
+            held.set()
+            release.wait()
+            return Reply(status=503)  # to a driver that is gone
+        return Reply(text=lr_edit(body, round(1.0 + 0.07 * asked[0], 2)))
+
+    log = open(tmp_path / "run.log", "wb")
+    with ScriptedOpenAI(respond) as server:
+        llm = ["operator.kind=llm", "operator.model=scripted", f"operator.base_url={server.url}",
+               "operator.smoke_steps=0", "operator.parallel=1", "operator.ahead=2", "operator.retries=0",
+               "operator.timeout_s=600", "operator.wait_s=600", "operator.notebook_every=0"]
+        p = evolve("run", str(experiment), "budget.trials=3", "budget.concurrent=1", "budget.train_tokens=8192",
+                   "trial.report_every=2", "confirm.top=0", *llm, "--run-dir", uri, log=log)
+        try:
+            deadline = time.time() + 600
+            while time.time() < deadline and p.poll() is None:
+                files = remote(uri)
+                if (held.is_set() and any(k.startswith("population/") for k in files)
+                        and any("experiment_state" in k for k in files)):
+                    break  # a result and Tune's state are in the bucket, the last child not yet written
+                time.sleep(0.5)
+            assert p.poll() is None and held.is_set(), (tmp_path / "run.log").read_text()[-3000:]
+        finally:
+            lose_the_head(p)
+            release.set()
+        before = {k: read_remote(uri, k) for k in remote(uri) if k.startswith("population/")}
+        assert 1 <= len(before) < 3
+        shutil.rmtree(storage.local_copy(uri))  # the head node is gone, and its disk with it
+
+        q = evolve("resume", uri, log=log)
+        try:
+            assert q.wait(timeout=900) == 0, (tmp_path / "run.log").read_text()[-3000:]
+        finally:
+            kill_group(q)
     assert "fetched" in (tmp_path / "run.log").read_text()
     shutil.rmtree(storage.local_copy(uri))
     pop = load_population(uri)  # as the bucket holds it
     assert len(pop) == 3 and pop["variant_id"].is_unique and (pop["status"] == "completed").all()
+    assert (pop["operator"] == "llm").sum() == 2  # both children the agent's, the held one asked again
     assert {k: read_remote(uri, k) for k in before} == before  # rows recorded before the kill untouched

@@ -7,6 +7,8 @@ from evolve.analysis import load_population
 from evolve.store import Store, atomic_write
 from evolve.variant import Variant, variant_id
 
+pytestmark = pytest.mark.unit
+
 
 def test_blobs_are_content_addressed_and_deduplicated(tmp_path):
     store = Store(tmp_path)
@@ -177,7 +179,7 @@ def test_a_population_written_before_the_speed_columns_loads_with_them_empty(tmp
 def test_status_shows_gpu_hours_and_mfu_when_trials_ran_on_gpus():
     import pandas as pd
 
-    from evolve.cli import speed_lines
+    from evolve.status import speed_lines
 
     pop = pd.DataFrame({"variant_id": ["a", "b", "c"], "gpu_hours": [0.1, 0.2, None], "mfu": [0.31, 0.42, None]})
     assert speed_lines(pop) == ["GPU: 0.30 GPU-hours; MFU median 36.5%, best 42.0% (b)"]

@@ -216,7 +216,7 @@ except ImportError:  # the project moved it: what the zygote imported when this 
                "transformers.models.gpt2.modeling_gpt2", "deepspeed")
 for name in PRELOAD:  # what the zygote imports before it forks a child per rank
     importlib.import_module(name)
-import evolve.harness
+import evolve.rank
 import torch
 out = {"preload": list(PRELOAD), "parent_torch_cuda_initialized": torch.cuda.is_initialized()}
 try:
@@ -332,7 +332,7 @@ def step_seed(res: dict, sandboxed: bool) -> None:
     if why:
         res["skipped"] = why
         return
-    run_rank = api("evolve.harness:run_rank")
+    run_rank = api("evolve.rank:run_rank")
     evaluate_saved = api("evolve.evaluation:evaluate_saved")
     tokens = SANDBOX_TOKENS if sandboxed else SEED_TOKENS
     t_all = time.time()
@@ -376,7 +376,7 @@ def step_seed(res: dict, sandboxed: bool) -> None:
         try:
             t0 = time.time()
             try:
-                call("evolve.harness:run_rank", {"config": config, "rank": 0, "world": 1},
+                call("evolve.rank:run_rank", {"config": config, "rank": 0, "world": 1},
                      env=rank_env(), log=str(out_dir / "rank0.log"),
                      recipe=str(Path(config["variant_dir"]) / "recipe.py"), on_report=points.append,
                      timeout_s=STEP_TIMEOUT_S, sandbox=policy_for(config, str(out_dir)))
@@ -416,7 +416,7 @@ def step_throughput(res: dict) -> None:
     import torch.distributed as dist
     import yaml
 
-    trainer = api("evolve.harness:trainer")
+    trainer = api("evolve.rank:trainer")
     load_recipe, load_settings = api("evolve.harness:load_recipe"), api("evolve.harness:load_settings")
     load_tokens = api("evolve.harness:load_tokens")
     mfu = api("evolve.mfu")
@@ -542,7 +542,7 @@ def step_rl(res: dict) -> None:
     if why:
         res["skipped"] = why
         return
-    run_rank = api("evolve.harness:run_rank")
+    run_rank = api("evolve.rank:run_rank")
     evaluate_saved = api("evolve.evaluation:evaluate_saved")
 
     t_all = time.time()

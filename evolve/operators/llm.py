@@ -26,6 +26,7 @@ from evolve import audit, notebook, outbox
 from evolve import population as pop
 from evolve.agent import Agent, Outcome, Request
 from evolve.cascade import STAGES, Rejected
+from evolve.cascade import smoke_task
 from evolve.config import model_entries
 from evolve.llm import hold_keys, pick
 from evolve.prompts import Candidate, child_messages, notebook_messages, prompt_hash
@@ -328,8 +329,6 @@ class LLMOperator:
     def _smoke(self, req: Request, files: dict) -> float:
         """Runs the import and smoke stages as a Ray task; raises Rejected."""
         import ray
-
-        from evolve.cascade import smoke_task
 
         work = Path(self.context["run_dir"]) / "work" / "smoke" / req.proposal_id
         ref = smoke_task().remote(files, self.context, str(work), self.op.smoke_steps,

@@ -273,10 +273,34 @@ EXPECT = {
     "crash": r"the variant's process was killed by SIG(ABRT|SEGV)",
     "hang": r"killed after \d+ s without finishing",
 }
-assert set(EXPECT) == set(ATTACKS), set(EXPECT) ^ set(ATTACKS)
 
 
 def recipe(seed_recipe: str, name: str, targets: dict, native: bytes) -> str:
     """Returns the seed's recipe with attack `name` appended (the native extension embedded if it needs it)."""
     t = dict(targets, native=base64.b64encode(native).decode() if name in NATIVE else "")
     return seed_recipe + "\n\n" + PRELUDE.format(targets=json.dumps(t)) + "\n" + ATTACKS[name] + "\n"
+
+
+# -- forged checkpoints: a curve point naming a folder the trial process would copy and delete ----
+ATTACKS["forged_checkpoint"] = (
+    "import json\n"
+    "fd = __import__('evolve.sandbox').sandbox._channel.fd  # the rank's result channel\n"
+    "_os.write(fd, (json.dumps({'report': {'step': 1, 'tokens': 1, 'checkpoint': _RT['run'] + '/data'}}) + '\\n').encode())")
+EXPECT["forged_checkpoint"] = r"the variant reported a checkpoint outside its folder"
+ATTACKS["forged_done"] = (
+    "import json\n"
+    "fd = __import__('evolve.sandbox').sandbox._channel.fd\n"
+    "_os.write(fd, (json.dumps({'report': {'done': True, 'training_iteration': 10 ** 6}}) + '\\n').encode())")
+EXPECT["forged_done"] = r"the variant reported a curve point with keys the harness never sends \(done, training_iteration\)"
+ATTACKS["checkpoint_link"] = (  # a real checkpoint folder holding a link to the held-out split
+    "import json\n"
+    "ck = _os.path.join(_os.environ['TMPDIR'], '..', 'checkpoints', 'tokens-1')\n"
+    "_os.makedirs(ck, exist_ok=True)\n"
+    "_os.symlink(_RT['heldout'], _os.path.join(ck, 'leak.bin'))\n"
+    "fd = __import__('evolve.sandbox').sandbox._channel.fd\n"
+    "vid = _os.path.basename(_os.path.dirname(_os.environ['TMPDIR']))\n"
+    "path = _os.path.join(_RT['run'], 'trials', vid, 'checkpoints', 'tokens-1')\n"
+    "_os.write(fd, (json.dumps({'report': {'step': 1, 'tokens': 1, 'checkpoint': path}}) + '\\n').encode())")
+EXPECT["checkpoint_link"] = r"the variant's checkpoint holds a link or a special file \('leak.bin'\)"
+
+assert set(EXPECT) == set(ATTACKS), set(EXPECT) ^ set(ATTACKS)

@@ -191,6 +191,7 @@ def test_nothing_outside_the_trials_changed(redteam):
     check_sealed(json.loads((run / "sealed.json").read_text()))  # raises on any change
     assert (experiment / "harness" / "evaluate.py").read_text() == (TINY_LM / "harness" / "evaluate.py").read_text()
     assert not (run / "population" / "zz-forged.parquet").exists()
+    assert (run / "data" / "train.bin").is_file()  # a forged checkpoint naming data/ neither copied nor deleted it
     assert sorted(run.glob("**/ESCAPED")) == []
     assert redteam["canary"].read_text() == "untouched"
     for listener in redteam["listeners"]:
