@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
-from evolve.config import load_spec  # noqa: E402
+from evolve.config import load_spec, task_limit  # noqa: E402
 from evolve.runner import prepare_run  # noqa: E402
 
 
@@ -43,8 +43,8 @@ def plain(config: dict, steps: int) -> dict:
     recipe, settings = load_recipe(config["variant_dir"]), load_settings(config["variant_dir"])
     seq, bs = int(settings["seq_len"]), int(settings["batch_size"])
     task = config["task"]
-    model, _ = build_model(recipe, settings, meta["vocab_size"], max(seq, int(task.get("eval_seq_len", 128))),
-                           int(task.get("param_cap", 1_000_000)))
+    model, _ = build_model(recipe, settings, meta["vocab_size"], max(seq, task_limit(task, "eval_seq_len")),
+                           task_limit(task, "param_cap"))
     clip = float(recipe.deepspeed_config(settings).get("gradient_clipping", 0.0))
     optimizer = recipe.optimizer(model, settings)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, recipe.lr_multiplier(settings, steps))

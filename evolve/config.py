@@ -19,6 +19,18 @@ import yaml
 
 
 HARNESS_FILES = ("harness/data.py", "harness/evaluate.py")  # every experiment provides these
+# The harness's limits an experiment's `task` may set, with their defaults: read through `task_limit`
+# in the training loops and the evaluation, never with a default typed out again.
+TASK_LIMITS = {
+    "param_cap": 1_000_000,  # the most parameters a variant's model may have
+    "eval_seq_len": 128,  # context of the sealed evaluation (and the least a model's n_positions may be)
+    "dev_tokens": 8192,  # dev tokens behind each learning-curve point
+}
+
+
+def task_limit(task: dict, name: str) -> int:
+    """Returns the harness's limit `name` from an experiment's task, or its default (TASK_LIMITS)."""
+    return int(task.get(name) or TASK_LIMITS[name])
 TRAINERS = ("lm", "rl")
 
 

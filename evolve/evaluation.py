@@ -26,6 +26,7 @@ import shutil
 import stat
 from pathlib import Path
 
+from evolve.config import task_limit
 from evolve.governance import check_sealed
 
 MODEL_FILES = ("config.json", "model.safetensors")
@@ -76,7 +77,7 @@ def seal_model(model_dir: Path, dest: Path, max_bytes: int) -> Path:
 
 def max_weight_bytes(task: dict) -> int:
     """Returns the largest weights file a model under the parameter cap can need (fp32, plus a header)."""
-    return 4 * int(task.get("param_cap", 1_000_000)) + (1 << 20)
+    return 4 * task_limit(task, "param_cap") + (1 << 20)
 
 
 def load_checked_model(model_dir: str | os.PathLike, task: dict, vocab_size: int):
@@ -123,7 +124,7 @@ def load_checked_model(model_dir: str | os.PathLike, task: dict, vocab_size: int
         raise EvaluationError(f"model/config.json: not a GPT-2 the harness builds "
                               f"({' '.join(str(e).split())[:120]})") from None
     n_params = sum(p.numel() for p in probe.parameters())
-    cap = int(task.get("param_cap", 1_000_000))
+    cap = task_limit(task, "param_cap")
     if n_params > cap:
         raise EvaluationError(f"model/config.json: {n_params:,} parameters exceed the cap of {cap:,}")
     try:

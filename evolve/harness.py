@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from evolve import mfu, performance, sandbox
+from evolve.config import task_limit
 from evolve.errors import one_line
 
 HOOKS = ("model_config", "optimizer", "lr_multiplier", "deepspeed_config", "batches", "loss")
@@ -296,8 +297,8 @@ def train(config: dict, rank: int, world: int, out_dir: Path, report) -> dict:
     # the dicts they came from changes them.
     task = config["task"]
     budget = int(config["train_tokens"])
-    param_cap, eval_seq = int(task.get("param_cap", 1_000_000)), int(task.get("eval_seq_len", 128))
-    dev_tokens, report_every = int(task.get("dev_tokens", 8192)), int(config["report_every"])
+    param_cap, eval_seq = task_limit(task, "param_cap"), task_limit(task, "eval_seq_len")
+    dev_tokens, report_every = task_limit(task, "dev_tokens"), int(config["report_every"])
     meta = json.loads((Path(config["data_dir"]) / "meta.json").read_text())
     vocab, dtype = int(meta["vocab_size"]), str(meta.get("dtype", "uint8"))
     untouched = snapshot_protected()

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from evolve import sandbox
+from evolve.config import task_limit
 from evolve.harness import (RecipeError, check_untouched, snapshot_protected, build_model, deepspeed_settings,
                             load_recipe, load_settings, save_result)
 
@@ -185,7 +186,7 @@ def train(config: dict, rank: int, world: int, out_dir: Path, report) -> dict:
     torch.manual_seed(config["seed"] * 1000 + rank)
     task, data_dir = config["task"], Path(config["data_dir"])
     budget, report_every = int(config["train_tokens"]), int(config["report_every"])
-    param_cap = int(task.get("param_cap", 1_000_000))
+    param_cap = task_limit(task, "param_cap")
     meta = json.loads((data_dir / "meta.json").read_text())
     vocab, end = int(meta["vocab_size"]), ord(meta.get("end", ";"))
     prompt_bytes, answer_bytes = int(meta["prompt_bytes"]), int(meta["answer_bytes"])
