@@ -224,7 +224,9 @@ def _run_rank(board, slot: int, job: dict, rank: int, world: int, local_rank: in
         env.update(MASTER_ADDR=addr, MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                    LOCAL_RANK=str(local_rank), LOCAL_WORLD_SIZE=str(local_world))
         out_dir.mkdir(parents=True, exist_ok=True)
-        with open(out_dir / f"rank{rank}.log", "a") as log:  # where this rank ran, for the record
+        # where this rank ran, for the record; the trial folder is the variant's: never through a link
+        fd = os.open(out_dir / f"rank{rank}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "a") as log:
             log.write(f"evolve: rank {rank} of {world} on node {ray.get_runtime_context().get_node_id()} "
                       f"({ray.util.get_node_ip_address()}), rendezvous {addr}:{port}\n")
         cancel = threading.Event()

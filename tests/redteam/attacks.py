@@ -304,3 +304,9 @@ ATTACKS["checkpoint_link"] = (  # a real checkpoint folder holding a link to the
 EXPECT["checkpoint_link"] = r"the variant's checkpoint holds a link or a special file \('leak.bin'\)"
 
 assert set(EXPECT) == set(ATTACKS), set(EXPECT) ^ set(ATTACKS)
+
+# -- a link left in the trial folder where the evaluation's log goes: it would append outside ---------
+ATTACKS["log_link"] = (
+    "_os.symlink(_RT['outside_file'], _os.path.join(_os.environ['TMPDIR'], '..', 'evaluate.log'))")
+EXPECT["log_link"] = r"sealed evaluation: zygote: the log .*evaluate.log cannot be opened as a plain file"
+assert set(EXPECT) == set(ATTACKS), set(EXPECT) ^ set(ATTACKS)

@@ -106,6 +106,8 @@ def redteam(request, tmp_path_factory, ray_head, native):
     abstract = _Listener(abstract)
     canary = Path(f"/dev/shm/evolve-redteam-canary-{os.getpid()}")
     canary.write_text("untouched")
+    outside = tmp / "outside.txt"  # a file of the user's that a link in a trial folder points at
+    outside.write_text("untouched")
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_ADDRESS": ray_head["address"],
            "DS_ACCELERATOR": "cpu"}
     seed_recipe = (TINY_LM / "scaffold" / "recipe.py").read_text()
@@ -128,7 +130,7 @@ def redteam(request, tmp_path_factory, ray_head, native):
             "zygote": str(zygote.socket_path(search_key(run))), "zygote_dir": str(zygote.folder()),
             "heldout": str(run / "data" / "heldout.bin"), "run": str(run), "home": os.path.expanduser("~"),
             "evaluate": str(experiment / "harness" / "evaluate.py"), "shm_canary": str(canary),
-            "outside_pid": os.getpid()}
+            "outside_pid": os.getpid(), "outside_file": str(outside)}
         box["targets"] = targets
         args = [sys.executable, "-m", "evolve.cli", "run", str(experiment), f"budget.trials={len(names) + 1}",
                 f"budget.train_tokens={BUDGET}", "trial.report_every=5", "trial.memory_gb=1", "trial.disk_gb=0.1",
@@ -149,7 +151,7 @@ def redteam(request, tmp_path_factory, ray_head, native):
         if rationale.startswith("attack "):
             by_attack[rationale.split(" ", 1)[1]] = row
     yield {"level": level, "run": run, "experiment": experiment, "pop": pop, "by_attack": by_attack, "log": log,
-           "listeners": (tcp, unix, abstract), "canary": canary}
+           "listeners": (tcp, unix, abstract), "canary": canary, "outside": outside}
     canary.unlink(missing_ok=True)
 
 
@@ -194,6 +196,7 @@ def test_nothing_outside_the_trials_changed(redteam):
     assert (run / "data" / "train.bin").is_file()  # a forged checkpoint naming data/ neither copied nor deleted it
     assert sorted(run.glob("**/ESCAPED")) == []
     assert redteam["canary"].read_text() == "untouched"
+    assert redteam["outside"].read_text() == "untouched"  # no log appended through a link
     for listener in redteam["listeners"]:
         assert listener.accepted == []
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
