@@ -51,7 +51,7 @@ def main() -> None:
           f"(start->first step {statistics.median(pre):.1f} s, last step->recorded {statistics.median(post):.1f} s; "
           f"min {overhead.min():.1f}, max {overhead.max():.1f})")
     print(f"  of which: set-up in the training process {statistics.median(done['setup_seconds']):.1f} s, "
-          f"sealed evaluation {statistics.median(done['eval_seconds']):.1f} s (overlaps teardown); "
+          f"sealed evaluation {statistics.median(done['eval_seconds']):.1f} s (after every rank has exited); "
           f"the rest is Ray Tune/Train starting and stopping actors")
     print(f"training span per trial, median: {statistics.median(train_span):.1f} s "
           f"(pure step time {statistics.median(done['train_seconds']):.1f} s; the rest is dev-loss points)")

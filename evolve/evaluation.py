@@ -51,28 +51,47 @@ def load_module(path: Path, name: str):
 def seal_model(model_dir: Path, dest: Path, max_bytes: int) -> Path:
     """Copies the saved model's two files from `model_dir` into `dest` (made here); returns `dest`.
 
-    Call once every process of the variant has exited. Refuses a link, a
-    file that is not regular, a missing file, or weights over `max_bytes`.
+    Call once every process of the variant has exited. Everything is opened
+    by descriptor without following a link (the model folder in the trial
+    folder, then each file in it), so a link left there cannot point the
+    evaluation at another trial's weights. Refuses a link, a file that is
+    not regular, a missing file, or weights over `max_bytes`.
     """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
     dest.mkdir(mode=0o700)
-    for name in MODEL_FILES:
-        src = model_dir / name
+    parent = os.open(model_dir.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
         try:
-            fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            folder = os.open(model_dir.name, flags | os.O_DIRECTORY, dir_fd=parent)
         except FileNotFoundError:
-            raise EvaluationError(f"the trial saved no model/{name}") from None
+            raise EvaluationError(f"the trial saved no {model_dir.name}/ folder") from None
         except OSError as e:
-            raise EvaluationError(f"model/{name} cannot be opened as a plain file ({os.strerror(e.errno)})") from None
-        with os.fdopen(fd, "rb") as f:
-            st = os.fstat(f.fileno())
-            limit = MAX_CONFIG_BYTES if name == "config.json" else max_bytes
-            if not stat.S_ISREG(st.st_mode):
-                raise EvaluationError(f"model/{name} is not a regular file")
-            if st.st_size > limit:
-                raise EvaluationError(f"model/{name} is {st.st_size:,} bytes, over the {limit:,} allowed")
-            with open(dest / name, "wb") as out:
-                shutil.copyfileobj(f, out, 1 << 20)
+            raise EvaluationError(f"{model_dir.name}/ cannot be opened as a plain folder ({os.strerror(e.errno)})") from None
+        try:
+            for name in MODEL_FILES:
+                _copy_checked(folder, name, dest / name, MAX_CONFIG_BYTES if name == "config.json" else max_bytes)
+        finally:
+            os.close(folder)
+    finally:
+        os.close(parent)
     return dest
+
+
+def _copy_checked(folder: int, name: str, target: Path, limit: int) -> None:
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder)
+    except FileNotFoundError:
+        raise EvaluationError(f"the trial saved no model/{name}") from None
+    except OSError as e:
+        raise EvaluationError(f"model/{name} cannot be opened as a plain file ({os.strerror(e.errno)})") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise EvaluationError(f"model/{name} is not a regular file")
+        if st.st_size > limit:
+            raise EvaluationError(f"model/{name} is {st.st_size:,} bytes, over the {limit:,} allowed")
+        with open(target, "wb") as out:
+            shutil.copyfileobj(f, out, 1 << 20)
 
 
 def max_weight_bytes(task: dict) -> int:

@@ -96,9 +96,7 @@ def _run_on_slot(board, slot: int, config: dict, on_report) -> dict:
             refused = refused or point_refusal(point)
             if refused is None and "checkpoint" in point:
                 try:
-                    original, point = point["checkpoint"], {**point, "checkpoint": str(
-                        seal_checkpoint(out_dir, point["checkpoint"]))}
-                    shutil.rmtree(original, ignore_errors=True)  # rmtree follows no link
+                    point = {**point, "checkpoint": str(seal_checkpoint(out_dir, point["checkpoint"]))}
                 except CheckpointRefused as e:
                     refused = str(e)
             if on_report is not None and refused is None:
@@ -139,7 +137,8 @@ def seal_checkpoint(out_dir: Path, reported: str) -> Path:
     step opens by descriptor without following links: `checkpoints/` in the
     trial folder, then `tokens-N` in it; the copy keeps links as links, and a
     copy holding any link or special file is refused. Tune then keeps the
-    copy, so the trial process never copies, nor deletes, anything else.
+    copy, so the trial process never copies, nor deletes, anything else;
+    the original is removed from the trial folder, by descriptor.
     """
     p = Path(str(reported))
     if p.parent != out_dir / "checkpoints" or not p.name.startswith("tokens-") or not p.name[7:].isdigit():
@@ -156,6 +155,9 @@ def seal_checkpoint(out_dir: Path, reported: str) -> Path:
                     shutil.copytree(f"/proc/self/fd/{fd}", dest, symlinks=True)
                 finally:
                     os.close(fd)
+                # the original goes (it counts against the variant's disk cap), removed by descriptor too:
+                # a `checkpoints/` swapped for a link after the copy cannot send the removal elsewhere
+                shutil.rmtree(p.name, dir_fd=ck, ignore_errors=True)
             finally:
                 os.close(ck)
         finally:

@@ -269,6 +269,9 @@ def test_sealing_refuses_links_pickles_and_oversized_weights(tmp_path):
     (path / "model.safetensors").symlink_to(tmp_path / "real.safetensors")
     with pytest.raises(EvaluationError, match="cannot be opened as a plain file"):
         seal_model(path, tmp_path / "s1", 10 << 20)
+    (tmp_path / "elsewhere").symlink_to(path, target_is_directory=True)  # the folder itself a link
+    with pytest.raises(EvaluationError, match=r"^elsewhere/ cannot be opened as a plain folder"):
+        seal_model(tmp_path / "elsewhere", tmp_path / "s0", 10 << 20)
     (path / "model.safetensors").unlink()
     (path / "pytorch_model.bin").write_bytes(b"\x80\x04pickle")
     with pytest.raises(EvaluationError, match="the trial saved no model/model.safetensors"):

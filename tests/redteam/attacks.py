@@ -310,3 +310,13 @@ ATTACKS["log_link"] = (
     "_os.symlink(_RT['outside_file'], _os.path.join(_os.environ['TMPDIR'], '..', 'evaluate.log'))")
 EXPECT["log_link"] = r"sealed evaluation: zygote: the log .*evaluate.log cannot be opened as a plain file"
 assert set(EXPECT) == set(ATTACKS), set(EXPECT) ^ set(ATTACKS)
+
+# -- the model folder left as a link (here to its own weights; in earnest, to another trial's) ----------
+ATTACKS["model_link"] = (
+    "import transformers\n_orig = transformers.PreTrainedModel.save_pretrained\n"
+    "def _save(self, path, **k):\n"
+    "    _orig(self, str(path) + '.real', **k)\n"
+    "    _os.symlink(str(path) + '.real', str(path))\n"
+    "transformers.PreTrainedModel.save_pretrained = _save")
+EXPECT["model_link"] = r"sealed evaluation: .*model/ cannot be opened as a plain folder"
+assert set(EXPECT) == set(ATTACKS), set(EXPECT) ^ set(ATTACKS)
