@@ -12,4 +12,4 @@ ldconfig -p 2>/dev/null | grep 'libseccomp\.so\.2' >/dev/null \
 .venv/bin/python -m pip install -q -c constraints.txt -e '.[test]'
 # DeepSpeed compiles its CPU communication op on first use (about a minute
 # on 2 cores); build it now so no trial pays for it.
-DS_ACCELERATOR=cpu .venv/bin/python -m evolve.ops
+DS_ACCELERATOR=cpu .venv/bin/python -m evolve.warm.commop

@@ -23,9 +23,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from evolve.analysis import load_population  # noqa: E402
-from evolve.config import load_spec  # noqa: E402
-from evolve.runner import run_search  # noqa: E402
+from evolve.read.population import load_population  # noqa: E402
+from evolve.spec import load_spec  # noqa: E402
+from evolve.driver import run_search  # noqa: E402
 from tests.agent_replies import counting_responder  # noqa: E402
 from tests.openai_server import Reply, ScriptedOpenAI  # noqa: E402
 

@@ -20,10 +20,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from evolve.config import load_spec  # noqa: E402
-from evolve.runner import scaffold_files  # noqa: E402
-from evolve.searcher import EvolveSearcher  # noqa: E402
-from evolve.store import Store  # noqa: E402
+from evolve.spec import load_spec  # noqa: E402
+from evolve.driver import scaffold_files  # noqa: E402
+from evolve.search.searcher import EvolveSearcher  # noqa: E402
+from evolve.record.store import Store  # noqa: E402
 
 TARGET_S = 0.020
 

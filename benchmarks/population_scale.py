@@ -26,8 +26,8 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from evolve.analysis import load_arrow, load_population  # noqa: E402
-from evolve.store import RESULT_SCHEMA, Store  # noqa: E402
+from evolve.read.population import load_arrow, load_population  # noqa: E402
+from evolve.record.store import RESULT_SCHEMA, Store  # noqa: E402
 
 TARGET_S = 2.0
 OPERATORS = ["perturb", "crossover", "llm", "llm", "llm"]

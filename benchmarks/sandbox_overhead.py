@@ -26,10 +26,10 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ["EVOLVE_ZYGOTE_ENTRY_POINTS"] = "tests.zygote_targets:walls"
 
-from evolve import zygote  # noqa: E402
-from evolve.config import load_spec  # noqa: E402
-from evolve.runner import prepare_data  # noqa: E402
-from evolve.sandbox import policy_for  # noqa: E402
+from evolve.warm import zygote  # noqa: E402
+from evolve.spec import load_spec  # noqa: E402
+from evolve.driver import prepare_data  # noqa: E402
+from evolve.rank.sandbox import policy_for  # noqa: E402
 
 SEARCH = "benchmark-sandbox-overhead"
 KINDS = ("off", "full", "unprivileged")
@@ -78,7 +78,7 @@ def main() -> None:
                 config = {"seed": 0, "task": spec.task, "data_dir": str(run / "data"), "variant_dir": str(variant),
                           "run_dir": str(run), "out_dir": str(out), "train_tokens": args.tokens, "report_every": 10,
                           "checkpoint_tokens": 0, "sandbox": base(kind, run)}
-                summary = zygote.call("evolve.rank:solo_rank", {"config": config}, env=ENV,
+                summary = zygote.call("evolve.rank.entry:solo_rank", {"config": config}, env=ENV,
                                       sandbox=policy_for(config, str(out)), search=SEARCH)
                 rates[kind].append(summary["tokens_trained"] / summary["train_seconds"])
     finally:

@@ -22,10 +22,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from evolve.analysis import load_population  # noqa: E402
-from evolve.baselines import run_baseline  # noqa: E402
-from evolve.config import load_spec  # noqa: E402
-from evolve.runner import run_search  # noqa: E402
+from evolve.read.population import load_population  # noqa: E402
+from evolve.search.baselines import run_baseline  # noqa: E402
+from evolve.spec import load_spec  # noqa: E402
+from evolve.driver import run_search  # noqa: E402
 
 METHODS = ("evolve", "random", "tpe", "pbt")
 

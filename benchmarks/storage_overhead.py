@@ -25,8 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from evolve import storage  # noqa: E402
-from evolve.store import Store  # noqa: E402
+from evolve.record import mirror  # noqa: E402
+from evolve.record.store import Store  # noqa: E402
 from evolve.variant import Variant  # noqa: E402
 
 
@@ -72,12 +72,12 @@ def main() -> None:
             local = Store(Path(tmp) / "local")
             plain = [record(local, i) for i in range(args.results)]
             uri = "s3://bench/runs/one"
-            mirror = storage.Mirror(storage.local_copy(uri), uri, interval_s=3600).start()
+            m = mirror.Mirror(mirror.local_copy(uri), uri, interval_s=3600).start()
             try:
-                mirrored = [record(Store(mirror.local), i) for i in range(args.results)]
+                mirrored = [record(Store(m.local), i) for i in range(args.results)]
             finally:
-                mirror.stop()
-            fresh = storage.Mirror(Path(tmp) / "elsewhere", uri)
+                m.stop()
+            fresh = mirror.Mirror(Path(tmp) / "elsewhere", uri)
             t = time.perf_counter()
             n = fresh.pull()
             pull_s = time.perf_counter() - t

@@ -5,7 +5,7 @@ Both loops run in this process, one rank, on the seed recipe of
 optimizer, schedule, batches and loss from the recipe's hooks, the same
 number of optimizer steps, and the same timing (each step from fetching the
 batch to the loss on the host, dev-loss points excluded). The DeepSpeed
-loop is the harness's own (`evolve.harness.train`, as a smoke run that
+loop is the harness's own (`evolve.rank.lm.train`, as a smoke run that
 keeps nothing). They alternate for `--rounds` rounds; the ratio printed is
 DeepSpeed tokens/s over plain tokens/s, medians of the rounds.
 
@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
-from evolve.config import load_spec, task_limit  # noqa: E402
-from evolve.runner import prepare_run  # noqa: E402
+from evolve.spec import load_spec, task_limit  # noqa: E402
+from evolve.driver import prepare_run  # noqa: E402
 
 
 def plain(config: dict, steps: int) -> dict:
@@ -36,7 +36,7 @@ def plain(config: dict, steps: int) -> dict:
     import numpy as np
     import torch
 
-    from evolve.harness import build_model, load_recipe, load_settings
+    from evolve.rank.lm import build_model, load_recipe, load_settings
 
     torch.manual_seed(config["seed"] * 1000)
     meta = json.loads((Path(config["data_dir"]) / "meta.json").read_text())
@@ -69,7 +69,7 @@ def plain(config: dict, steps: int) -> dict:
 
 
 def deepspeed(config: dict, steps: int) -> dict:
-    from evolve.harness import train as _train
+    from evolve.rank.lm import train as _train
 
     summary = _train({**config, "smoke": True, "max_steps": steps}, 0, 1, Path(config["out_dir"]),
                      lambda point: None)

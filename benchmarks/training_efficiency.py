@@ -21,11 +21,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from evolve import zygote  # noqa: E402
-from evolve.analysis import efficiency_ratio, load_population  # noqa: E402
-from evolve.config import load_spec  # noqa: E402
-from evolve.runner import run_search  # noqa: E402
-from evolve.store import Store  # noqa: E402
+from evolve.warm import zygote  # noqa: E402
+from evolve.read.population import efficiency_ratio, load_population  # noqa: E402
+from evolve.spec import load_spec  # noqa: E402
+from evolve.driver import run_search  # noqa: E402
+from evolve.record.store import Store  # noqa: E402
 
 
 def retrain(run_dir: Path, spec, vid: str, seed: int, work: Path) -> list:
@@ -35,7 +35,7 @@ def retrain(run_dir: Path, spec, vid: str, seed: int, work: Path) -> list:
     config = {"seed": seed, "task": spec.task, "data_dir": str(run_dir / "data"), "variant_dir": str(vdir),
               "out_dir": str(work / vid / "out"), "train_tokens": spec.budget.train_tokens,
               "report_every": spec.trial.report_every, "checkpoint_tokens": 0}
-    summary = zygote.call("evolve.rank:solo_rank", {"config": config},
+    summary = zygote.call("evolve.rank.entry:solo_rank", {"config": config},
                           env={"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"})
     return summary["curve"]
 

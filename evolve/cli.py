@@ -9,8 +9,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from evolve import storage
-from evolve.config import SpecError, load_run_spec, load_spec
+from evolve.record import mirror
+from evolve.spec import SpecError, load_run_spec, load_spec
 
 # Every other evolve module is imported inside the command that needs it, on purpose: they bring in
 # pyarrow and pandas (0.2 to 0.5 s) or Ray, torch and DeepSpeed (1.5 s and more), which `--help`, a bad
@@ -27,34 +27,34 @@ def run_target(spec, run_dir: str | None) -> str:
 
 
 def cmd_run(args) -> int:
-    from evolve.runner import run_search
+    from evolve.driver import run_search
 
     overrides = list(args.overrides) + ([f"trial.peak_tflops={args.peak_tflops}"] if args.peak_tflops else [])
     spec = load_spec(args.experiment, overrides)
     target = run_target(spec, args.run_dir)
-    if storage.is_uri(target) and storage.Mirror(storage.local_copy(target), target).exists("spec.yaml"):
+    if mirror.is_uri(target) and mirror.Mirror(mirror.local_copy(target), target).exists("spec.yaml"):
         raise SpecError(f"--run-dir: {target!r} already holds a search; "
                         f"choose another folder, or continue it with: evolve resume {target}")
-    args.resumable = target if storage.is_uri(target) else str(Path(target).resolve())
-    with storage.session(target, fresh=True) as local:
+    args.resumable = target if mirror.is_uri(target) else str(Path(target).resolve())
+    with mirror.session(target, fresh=True) as local:
         run_dir = str(Path(local).resolve())
         run_search(spec, run_dir)
         return _finish(run_dir, spec.budget.trials)
 
 
 def cmd_resume(args) -> int:
-    from evolve.runner import resume_search
+    from evolve.driver import resume_search
 
-    args.resumable = args.run_dir if storage.is_uri(args.run_dir) else str(Path(args.run_dir).resolve())
-    with storage.session(args.run_dir) as local:
+    args.resumable = args.run_dir if mirror.is_uri(args.run_dir) else str(Path(args.run_dir).resolve())
+    with mirror.session(args.run_dir) as local:
         run_dir = str(Path(local).resolve())
         resume_search(run_dir)
         return _finish(run_dir, load_run_spec(run_dir).budget.trials)
 
 
 def _finish(run_dir: str, trials: int) -> int:
-    from evolve import confirm
-    from evolve.status import population, summary_lines
+    from evolve.read.status import population, summary_lines
+    from evolve.search import confirm
 
     pop = population(run_dir)
     print("\n".join(summary_lines(run_dir, pop)))
@@ -68,15 +68,15 @@ def _finish(run_dir: str, trials: int) -> int:
 
 
 def cmd_status(args) -> int:
-    from evolve.status import status_lines
+    from evolve.read.status import status_lines
 
     print("\n".join(status_lines(args.run_dir)))
     return 0
 
 
 def cmd_review(args) -> int:
-    from evolve import confirm
-    from evolve.analysis import diff_against_parent
+    from evolve.read.population import diff_against_parent
+    from evolve.search import confirm
 
     v = confirm.load_verdict(args.run_dir)
     waiting = [c for c in (v or {}).get("candidates", []) if c["awaiting"] or c["flagged"]]
@@ -96,8 +96,8 @@ def cmd_review(args) -> int:
 
 
 def cmd_approve(args) -> int:
-    from evolve import confirm
-    from evolve.analysis import resolve
+    from evolve.read.population import resolve
+    from evolve.search import confirm
 
     vid = resolve(args.run_dir, args.variant)
     v = confirm.load_verdict(args.run_dir)
@@ -114,7 +114,7 @@ def cmd_approve(args) -> int:
 
 
 def show_notebook(run_dir: str, version: int | None) -> int:
-    from evolve import notebook
+    from evolve.agent import notebook
 
     versions = notebook.versions(run_dir)
     if not versions:
@@ -130,7 +130,7 @@ def show_notebook(run_dir: str, version: int | None) -> int:
 
 
 def show_prompt(run_dir: str, vid: str, record: dict) -> None:
-    from evolve.analysis import load_audit
+    from evolve.read.population import load_audit
 
     df = load_audit(run_dir)
     rows = df[df["proposal_id"] == record.get("proposal_id")].sort_values("attempt")
@@ -144,9 +144,9 @@ def show_prompt(run_dir: str, vid: str, record: dict) -> None:
 
 
 def cmd_show(args) -> int:
-    from evolve.status import population
-    from evolve.analysis import diff_against_parent, fmt, resolve
-    from evolve.store import Store
+    from evolve.read.population import diff_against_parent, fmt, resolve
+    from evolve.read.status import population
+    from evolve.record.store import Store
 
     if args.variant == "notebook":
         return show_notebook(args.run_dir, args.version)
@@ -177,8 +177,8 @@ def cmd_show(args) -> int:
 
 
 def cmd_checkout(args) -> int:
-    from evolve.analysis import resolve
-    from evolve.store import Store
+    from evolve.read.population import resolve
+    from evolve.record.store import Store
 
     store = Store(args.run_dir)
     vid = resolve(args.run_dir, args.variant)
@@ -191,7 +191,7 @@ def cmd_checkout(args) -> int:
 
 
 def cmd_export_git(args) -> int:
-    from evolve.gitexport import export_git
+    from evolve.read.gitexport import export_git
 
     out = export_git(args.run_dir, args.dir)
     champion = f"; main is the champion {out['champion']}" if out["champion"] else ""
@@ -200,7 +200,7 @@ def cmd_export_git(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from evolve.report import write_report
+    from evolve.read.report import write_report
 
     print(f"wrote {write_report(args.run_dir, args.out)}")
     return 0
@@ -208,7 +208,7 @@ def cmd_report(args) -> int:
 
 def _existing_run(path: str) -> str:
 
-    if storage.is_uri(path):
+    if mirror.is_uri(path):
         return path  # looked at once it is fetched
     if not (Path(path) / "population").is_dir():
         raise argparse.ArgumentTypeError(f"{path!r} is not a run directory (no population/ folder)")
@@ -265,9 +265,9 @@ def parser() -> argparse.ArgumentParser:
 def _in_storage(args) -> int:
     """Runs a command on a run folder in cloud storage: fetched first, what it writes sent back."""
 
-    if args.command in ("run", "resume") or not storage.is_uri(getattr(args, "run_dir", None) or ""):
+    if args.command in ("run", "resume") or not mirror.is_uri(getattr(args, "run_dir", None) or ""):
         return args.func(args)
-    with storage.session(args.run_dir) as local:
+    with mirror.session(args.run_dir) as local:
         if not (local / "population").is_dir():
             raise FileNotFoundError(f"{args.run_dir}: not a run directory (no population/ folder)")
         args.run_dir = str(local)

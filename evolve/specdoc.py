@@ -1,4 +1,4 @@
-"""The spec's documentation, made from its schema (`evolve.config`): the README's table and docs/SPEC.md.
+"""The spec's documentation, made from its schema (`evolve.spec`): the README's table and docs/SPEC.md.
 
     python -m evolve.specdoc --write    rewrite both from the schema
     python -m evolve.specdoc --check    exit 1 if either differs from the schema (a test runs this)
@@ -10,7 +10,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from evolve.config import SECTIONS, Heuristic, Spec
+from evolve.spec import SECTIONS, Heuristic, Spec
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- spec table: made by python -m evolve.specdoc -->", "<!-- end of spec table -->"
@@ -56,7 +56,7 @@ def readme_table() -> str:
 def full() -> str:
     """Returns docs/SPEC.md: every field, its default and what it means."""
     out = ["# The experiment spec, field by field", "",
-           "Made from the schema in `evolve/config.py` by `python -m evolve.specdoc --write`; a test fails "
+           "Made from the schema in `evolve/spec.py` by `python -m evolve.specdoc --write`; a test fails "
            "when they differ. Every field is checked when a spec loads; a bad value stops the CLI with one "
            "line naming the field and the value (exit status 2). Overrides (`budget.trials=4`) are checked "
            "the same way.", ""]

@@ -30,8 +30,8 @@ PROCESS_EVENTS = frozenset({"subprocess.Popen", "os.fork", "os.forkpty", "os.pos
                             "os.system", "os.spawn"})
 SOCKET_EVENTS = frozenset({"socket.connect", "socket.bind"})
 _WATCHED = PROCESS_EVENTS | SOCKET_EVENTS
-SEARCH_ENTRY_POINTS = (("evolve.runner", "run_search"), ("evolve.runner", "resume_search"),
-                       ("evolve.baselines", "run_baseline"))
+SEARCH_ENTRY_POINTS = (("evolve.driver", "run_search"), ("evolve.driver", "resume_search"),
+                       ("evolve.search.baselines", "run_baseline"))
 REFUSED_EXIT = 2  # `evolve run/resume` refused its arguments (a SpecError, one line): no search ran
 
 
@@ -136,7 +136,7 @@ sys.addaudithook(_audit)
 def _watch_search(name: str, original):
     @functools.wraps(original)
     def watched(*args, **kwargs):
-        from evolve.config import SpecError
+        from evolve.spec import SpecError
 
         noted = [cost for cost in _recording if cost.search is None]
         for cost in noted:  # at the start: a search in a thread may outlive the test that started it
@@ -303,7 +303,7 @@ def small_run(tmp_path):
 
     seed 3.0 -> a 2.8 (perturb) -> c 2.6 (llm, 900 tokens) and d failed (llm);
     seed -> b 3.1 (perturb); a + b -> e 2.7 (crossover)."""
-    from evolve.store import Store
+    from evolve.record.store import Store
     from evolve.variant import Variant
 
     root = tmp_path / "run"

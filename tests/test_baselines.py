@@ -3,8 +3,8 @@
 import pytest
 import yaml
 
-from evolve.baselines import search_space, settings_text
-from evolve.config import load_spec
+from evolve.search.baselines import search_space, settings_text
+from evolve.spec import load_spec
 
 
 @pytest.mark.unit
@@ -36,8 +36,8 @@ def test_sampled_values_are_written_in_place(experiment):
 def test_pbt_trains_from_checkpoints_and_records_its_trials(tmp_path):
     import json
 
-    from evolve.analysis import load_population
-    from evolve.baselines import run_baseline
+    from evolve.read.population import load_population
+    from evolve.search.baselines import run_baseline
     from tests.conftest import TINY_LM
 
     spec = load_spec(TINY_LM, ["budget.trials=3", "budget.train_tokens=40960", "trial.report_every=5",
@@ -54,7 +54,7 @@ def test_pbt_trains_from_checkpoints_and_records_its_trials(tmp_path):
 
 @pytest.mark.unit
 def test_pbt_perturbs_choices_by_list_and_keeps_numbers_in_bounds(experiment):
-    from evolve.baselines import pbt_scheduler, within_limits
+    from evolve.search.baselines import pbt_scheduler, within_limits
 
     spec = load_spec(experiment)
     space = search_space(spec, (experiment / "scaffold" / "config.yaml").read_text())

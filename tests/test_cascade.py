@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from evolve import zygote
-from evolve.cascade import Rejected, check_reply, check_syntax, smoke_run
-from evolve.config import load_spec
-from evolve.runner import prepare_run, scaffold_files
+from evolve.warm import zygote
+from evolve.agent.cascade import Rejected, check_reply, check_syntax, smoke_run
+from evolve.spec import load_spec
+from evolve.driver import prepare_run, scaffold_files
 from evolve.variant import content_hash, variant_id
 
 MUTABLE = ["recipe.py", "config.yaml", "guidelines.md"]

@@ -6,9 +6,9 @@ import shutil
 import pytest
 import yaml
 
-from evolve import zygote
-from evolve.config import load_spec
-from evolve.runner import prepare_data
+from evolve.warm import zygote
+from evolve.spec import load_spec
+from evolve.driver import prepare_data
 from tests.conftest import TINY_LM
 
 pytestmark = pytest.mark.warm
@@ -44,7 +44,7 @@ def train(root, spec, vdir, out, **extra):
               "out_dir": str(root / out), "train_tokens": 40 * STEP_TOKENS, "report_every": 10,
               "checkpoint_tokens": 0, **extra}
     points = []
-    summary = zygote.call("evolve.rank:solo_rank", {"config": config}, env=ENV, on_report=points.append)
+    summary = zygote.call("evolve.rank.entry:solo_rank", {"config": config}, env=ENV, on_report=points.append)
     return points, summary
 
 

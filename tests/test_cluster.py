@@ -67,7 +67,7 @@ def test_kuberay_rayjob_describes_a_valid_cluster():
 
 def test_storage_names_where_runs_go_unless_run_dir_does():
     from evolve.cli import run_target
-    from evolve.config import SpecError, load_spec
+    from evolve.spec import SpecError, load_spec
 
     exp = ROOT / "experiments" / "tiny_lm"
     assert run_target(load_spec(exp), None) == "runs/tiny_lm"

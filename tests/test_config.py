@@ -4,7 +4,7 @@ import sys
 import pytest
 import yaml
 
-from evolve.config import SpecError, apply_overrides, load_spec, parse_override
+from evolve.spec import SpecError, apply_overrides, load_spec, parse_override
 
 
 def write_spec(exp, **changes):
@@ -152,7 +152,7 @@ def test_llm_operator_fields_override_from_the_command_line(experiment):
     spec = load_spec(experiment, ["operator.kind=llm", "operator.base_url=http://127.0.0.1:8000/v1",
                                   "operator.model=coder", "operator.api_key_env=MY_KEY",
                                   "operator.models=[{model: a, weight: 2}, {model: b, base_url: 'http://127.0.0.1:9/v1'}]"])
-    from evolve.config import model_entries
+    from evolve.spec import model_entries
 
     entries = model_entries(spec.operator)
     assert [(e["model"], e["weight"], e["base_url"], e["api_key_env"]) for e in entries] == [

@@ -2,7 +2,7 @@
 
 import pytest
 
-from evolve.confirm import lines, plan, verdict
+from evolve.search.confirm import lines, plan, verdict
 
 pytestmark = pytest.mark.unit
 

@@ -2,9 +2,9 @@
 
 import pytest
 
-from evolve.harness import RecipeError, plan_steps
-from evolve.slots import LOST
-from evolve.trial import TrialLost, outcome
+from evolve.rank.lm import RecipeError, plan_steps
+from evolve.trial.slots import LOST
+from evolve.trial.train import TrialLost, outcome
 
 pytestmark = pytest.mark.unit
 

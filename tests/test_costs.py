@@ -95,8 +95,8 @@ def test_warm_runs_a_search_through_the_cli():
 
 @pytest.mark.warm
 def test_warm_calls_resume_search_on_a_folder_it_refuses(tmp_path):
-    from evolve.config import SpecError
-    from evolve.runner import resume_search
+    from evolve.spec import SpecError
+    from evolve.driver import resume_search
 
     with pytest.raises(SpecError):
         resume_search(tmp_path)  # refused: no spec.yaml
@@ -104,7 +104,7 @@ def test_warm_calls_resume_search_on_a_folder_it_refuses(tmp_path):
 
 @pytest.mark.warm
 def test_warm_calls_run_baseline():
-    from evolve.baselines import run_baseline
+    from evolve.search.baselines import run_baseline
 
     with pytest.raises(Exception):
         run_baseline(None, None, "random")  # anything but a refusal counts
@@ -170,7 +170,7 @@ def test_a_marker_that_understates_what_the_test_started_fails_it_in_one_line(tm
         "'import sys; sys.exit(int(sys.argv[1]))', '0', 'evolve.cli', 'resume']); mark it search")
     assert got.pop("test_warm_calls_resume_search_on_a_folder_it_refuses") == "passed"
     assert got.pop("test_warm_calls_run_baseline") == (
-        "Failed: marked warm but ran a whole search (evolve.baselines.run_baseline); mark it search")
+        "Failed: marked warm but ran a whole search (evolve.search.baselines.run_baseline); mark it search")
     assert got.pop("test_search_runs_a_search_through_the_cli") == "passed"
     # these fail at set-up, before any fixture starts anything
     assert got.pop("test_unmarked") == ('failed on setup with "Failed: test_suite.py::test_unmarked: no cost marker; '

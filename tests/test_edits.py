@@ -1,6 +1,6 @@
 import pytest
 
-from evolve.edits import MAX_REPLY_CHARS, Edit, EditError, apply_edits, check_paths, clean_path, parse_reply
+from evolve.agent.edits import MAX_REPLY_CHARS, Edit, EditError, apply_edits, check_paths, clean_path, parse_reply
 
 pytestmark = pytest.mark.unit
 

@@ -9,11 +9,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from evolve import cli, zygote
-from evolve.analysis import load_population
-from evolve.config import load_spec
-from evolve.runner import init_ray, prepare_run, run_search
-from evolve.store import Store
+from evolve import cli
+from evolve.warm import zygote
+from evolve.read.population import load_population
+from evolve.spec import load_spec
+from evolve.driver import init_ray, prepare_run, run_search
+from evolve.record.store import Store
 
 TINY = ["budget.train_tokens=8192", "trial.report_every=2", "confirm.top=0"]
 
@@ -65,7 +66,7 @@ def test_population_is_complete_and_consistent(search):
 
 @pytest.mark.search
 def test_the_best_is_retrained_with_fresh_seeds(search):
-    from evolve import confirm
+    from evolve.search import confirm
 
     run_dir, lines = search
     pop = load_population(run_dir)
@@ -135,7 +136,7 @@ def test_cli_report_of_a_real_run(search, tmp_path, capsys):
 
 
 def _trainable_of(config):  # shipped to workers by value: tests/ is not a package there
-    from evolve.trial import trainable
+    from evolve.trial.train import trainable
 
     trainable(config["cfg"])
 
@@ -146,8 +147,8 @@ def run_variants(run_dir: Path, variants: dict[str, Path], workers: int = 1) -> 
 
     from ray import cloudpickle, tune
 
-    from evolve.slots import SlotPool
-    from evolve.trial import TRIAL_RESOURCES
+    from evolve.trial.slots import SlotPool
+    from evolve.trial.train import TRIAL_RESOURCES
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     spec = load_spec(Path(__file__).parents[1] / "experiments" / "tiny_lm", TINY + [f"trial.workers={workers}"])
@@ -296,7 +297,7 @@ def llm_search(ray_cluster, tmp_path_factory):
 
 @pytest.mark.search
 def test_llm_children_are_trained_and_bad_replies_rejected(llm_search, capsys):
-    from evolve.analysis import load_audit
+    from evolve.read.population import load_audit
 
     run_dir, lines, searcher = llm_search
     pop = load_population(run_dir)
@@ -338,7 +339,7 @@ def test_llm_children_are_trained_and_bad_replies_rejected(llm_search, capsys):
 @pytest.mark.search
 @pytest.mark.parametrize("method", ["random", "tpe"])
 def test_baselines_train_their_samples_on_the_slots(ray_cluster, tmp_path, method):
-    from evolve.baselines import run_baseline
+    from evolve.search.baselines import run_baseline
 
     # enough tokens for the largest batch the space allows (64 x 256 x 4), so a sample fails only
     # for a reason of its own (say, the parameter cap)
@@ -352,7 +353,7 @@ def test_baselines_train_their_samples_on_the_slots(ray_cluster, tmp_path, metho
     assert pop["fitness"].dropna().gt(0).all()
     for _, row in pop.iterrows():
         assert set(row["record"]["values"]) <= set(
-            __import__("evolve.baselines", fromlist=["x"]).search_space(
+            __import__("evolve.search.baselines", fromlist=["x"]).search_space(
                 spec, (Path(spec.root) / "scaffold" / "config.yaml").read_text()))
 
 

@@ -5,9 +5,9 @@ import subprocess
 import pytest
 
 from evolve import cli
-from evolve.config import SpecError
-from evolve.gitexport import export_git, lineage_order
-from evolve.store import Store
+from evolve.spec import SpecError
+from evolve.read.gitexport import export_git, lineage_order
+from evolve.record.store import Store
 from evolve.variant import Variant
 
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost"]

@@ -1,6 +1,6 @@
 import pytest
 
-from evolve.governance import SealedFileChanged, check_sealed, hash_files, sealed_paths, surface_violations
+from evolve.record.seals import SealedFileChanged, check_sealed, hash_files, sealed_paths, surface_violations
 
 pytestmark = pytest.mark.unit
 

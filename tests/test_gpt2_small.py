@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import yaml
 
-from evolve import mfu, performance, zygote
-from evolve.config import load_spec
-from evolve.evaluation import seal_model
-from evolve.governance import hash_files
-from evolve.runner import prepare_data
+from evolve.rank import mfu, performance
+from evolve.warm import zygote
+from evolve.spec import load_spec
+from evolve.trial.evaluation import seal_model
+from evolve.record.seals import hash_files
+from evolve.driver import prepare_data
 from tests.conftest import ROOT
 
 GPT2_SMALL = ROOT / "experiments" / "gpt2_small"
@@ -82,7 +83,7 @@ def test_a_toy_trial_trains_with_muon_and_bf16_autocast_and_is_evaluated(toy):
     config = {"seed": 0, "task": spec.task, "data_dir": str(root / "data"), "variant_dir": str(variant),
               "out_dir": str(root / "out"), "train_tokens": 60 * 8 * 64, "report_every": 10, "checkpoint_tokens": 0}
     points = []
-    summary = zygote.call("evolve.rank:solo_rank", {"config": config}, env=ENV, on_report=points.append)
+    summary = zygote.call("evolve.rank.entry:solo_rank", {"config": config}, env=ENV, on_report=points.append)
     assert summary["performance"]["autocast"] == "bf16" and summary["performance"]["precision"] == "fp32"
     assert "precision: bf16 on the CPU runs as torch.autocast (the weights stay fp32)" in summary["notes"]
     assert any(n.startswith("tf32:") for n in summary["notes"]) and any(n.startswith("pin_memory:") for n in summary["notes"])
@@ -91,7 +92,7 @@ def test_a_toy_trial_trains_with_muon_and_bf16_autocast_and_is_evaluated(toy):
     assert summary["tokens_per_s"] > 0 and summary["flops_per_token"] > 6 * 100_000
     sealed = hash_files([root / "data" / "heldout.bin", GPT2_SMALL / "harness" / "evaluate.py"])
     model = seal_model(root / "out" / "model", root / "sealed", 10 << 20)
-    metrics = zygote.call("evolve.evaluation:evaluate_saved", {
+    metrics = zygote.call("evolve.trial.evaluation:evaluate_saved", {
         "model_dir": str(model), "experiment_root": str(GPT2_SMALL), "heldout": str(root / "data" / "heldout.bin"),
         "task": spec.task, "sealed": sealed})
     assert math.isfinite(metrics["heldout_loss"]) and metrics["heldout_loss"] < math.log(256)
@@ -109,7 +110,7 @@ def test_a_bad_performance_choice_fails_in_one_line(toy):
     config = {"seed": 0, "task": spec.task, "data_dir": str(root / "data"), "variant_dir": str(bad),
               "out_dir": str(root / "bad-out"), "train_tokens": 8 * 64 * 4, "report_every": 10, "checkpoint_tokens": 0}
     with pytest.raises(zygote.ChildFailed, match=r"^performance: precision must be one of fp32, bf16, fp16, got 'fp8'$"):
-        zygote.call("evolve.rank:solo_rank", {"config": config}, env=ENV)
+        zygote.call("evolve.rank.entry:solo_rank", {"config": config}, env=ENV)
 
 
 @pytest.mark.unit

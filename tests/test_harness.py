@@ -2,7 +2,7 @@ import textwrap
 
 import pytest
 
-from evolve.harness import RecipeError, build_model, deepspeed_settings, load_recipe, load_settings, one_line
+from evolve.rank.lm import RecipeError, build_model, deepspeed_settings, load_recipe, load_settings, one_line
 from tests.conftest import TINY_LM
 
 pytestmark = pytest.mark.unit

@@ -3,9 +3,9 @@ import random
 import pytest
 import yaml
 
-from evolve.config import Heuristic
-from evolve.operators.heuristic import crossover, mutable_keys, perturb, perturb_value
-from evolve.yamledit import format_scalar, set_value
+from evolve.spec import Heuristic
+from evolve.search.heuristic import crossover, mutable_keys, perturb, perturb_value
+from evolve.search.yamledit import format_scalar, set_value
 
 pytestmark = pytest.mark.unit
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from evolve.analysis import load_arrow, load_population
+from evolve.read.population import load_arrow, load_population
 
 pytestmark = pytest.mark.unit
 
@@ -55,7 +55,7 @@ def test_curves_and_arrow(small_run):
 def test_a_lineage_thousands_deep_needs_no_recursion(tmp_path):
     import pandas as pd
 
-    from evolve import lineage
+    from evolve.read import lineage
 
     n = 5000
     ids = [f"v{i}" for i in range(n)]

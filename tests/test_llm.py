@@ -1,4 +1,4 @@
-"""evolve.llm against a scripted OpenAI-compatible server over real HTTP, and a tiny local model."""
+"""evolve.agent.client against a scripted OpenAI-compatible server over real HTTP, and a tiny local model."""
 
 import pickle
 import random
@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from evolve.llm import MAX_REPLY_BYTES, ChatClient, Completion, LLMError, LocalClient, make_client, pick, price
+from evolve.agent.client import MAX_REPLY_BYTES, ChatClient, Completion, LLMError, LocalClient, make_client, pick, price
 from tests.openai_server import Reply, ScriptedOpenAI
 
 MESSAGES = [{"role": "system", "content": "You edit training code."},
@@ -360,8 +360,8 @@ def test_a_folder_without_a_model_is_an_llm_error(tiny_model, tmp_path, monkeypa
 
 @pytest.mark.warm
 def test_a_reply_already_paid_for_is_not_bought_again(server, tmp_path):
-    from evolve.agent import Request, write_notebook
-    from evolve.replies import ReplyCache
+    from evolve.agent.writer import Request, write_notebook
+    from evolve.agent.replies import ReplyCache
 
     entry = {"model": "m-test", "temperature": 0.3, "max_tokens": 77, "price_prompt": 1.0, "price_completion": 2.0}
     client = ChatClient(server.url, "m-test", temperature=0.3, max_tokens=77, timeout_s=10, retries=0)

@@ -11,12 +11,12 @@ import time
 import pytest
 from ray.tune.search import Searcher
 
-from evolve import audit, notebook
-from evolve.analysis import load_population
-from evolve.config import load_spec
-from evolve.runner import scaffold_files
-from evolve.searcher import EvolveSearcher
-from evolve.store import Store
+from evolve.agent import audit, notebook
+from evolve.read.population import load_population
+from evolve.spec import load_spec
+from evolve.driver import scaffold_files
+from evolve.search.searcher import EvolveSearcher
+from evolve.record.store import Store
 from tests.agent_replies import EMPTY, MALFORMED, NOTEBOOK_TEXT, OUTSIDE_EDIT, SEALED_EDIT, counting_responder, lr_edit
 from tests.openai_server import Reply, ScriptedOpenAI
 

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from evolve import zygote
-from evolve.analysis import load_population
-from evolve.config import load_spec
-from evolve.runner import run_search
+from evolve.warm import zygote
+from evolve.read.population import load_population
+from evolve.spec import load_spec
+from evolve.driver import run_search
 
 pytestmark = pytest.mark.search
 

@@ -7,7 +7,7 @@ import sys
 import pytest
 from torch.utils.cpp_extension import _get_build_directory
 
-from evolve.ops import OP_NAME
+from evolve.warm.commop import OP_NAME
 
 
 @pytest.mark.warm
@@ -17,7 +17,7 @@ def test_a_lock_left_by_a_killed_process_does_not_hang_the_next_load():
     stale = Path(_get_build_directory(OP_NAME, verbose=False)) / "lock"
     stale.parent.mkdir(parents=True, exist_ok=True)
     stale.write_text("")  # what a process killed inside torch's build leaves
-    out = subprocess.run([sys.executable, "-m", "evolve.ops"],  # the command setup.sh runs
+    out = subprocess.run([sys.executable, "-m", "evolve.warm.commop"],  # the command setup.sh runs
                          capture_output=True, text=True, timeout=300,
                          env={**os.environ, "DS_ACCELERATOR": "cpu"})
     assert out.returncode == 0 and out.stdout.strip().endswith("ready"), out.stderr[-2000:]

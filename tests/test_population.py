@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from evolve import population as pop
+from evolve.search import selection as pop
 
 pytestmark = pytest.mark.unit
 
@@ -60,7 +60,7 @@ def test_island_round_robin():
 
 
 def test_efficiency_ratio_reads_the_curves_own_points():
-    from evolve.analysis import efficiency_ratio, tokens_to_reach
+    from evolve.read.population import efficiency_ratio, tokens_to_reach
 
     seed = [[100, 5.0, 4.0], [200, 4.0, 3.0], [400, 3.5, 2.5]]
     fast = [[50, 5.0, 3.0], [150, 4.0, 2.6], [250, 3.0, 2.5], [400, 2.8, 2.2]]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from evolve.prompts import Candidate, child_messages, notebook_messages, prompt_hash, repair_messages
+from evolve.agent.prompts import Candidate, child_messages, notebook_messages, prompt_hash, repair_messages
 
 pytestmark = pytest.mark.unit
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from evolve.analysis import load_population
+from evolve.read.population import load_population
 from tests.conftest import wait_for_port
 
 pytestmark = pytest.mark.search

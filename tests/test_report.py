@@ -5,9 +5,10 @@ import re
 
 import pytest
 
-from evolve import cli, plots
-from evolve.analysis import load_population
-from evolve.report import render
+from evolve import cli
+from evolve.read import plots
+from evolve.read.population import load_population
+from evolve.read.report import render
 
 pytestmark = pytest.mark.unit
 

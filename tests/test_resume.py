@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from evolve.analysis import load_population
-from evolve.config import SpecError, load_run_spec
+from evolve.read.population import load_population
+from evolve.spec import SpecError, load_run_spec
 
 BUDGET = 163_840
 CKPT = 20_480
@@ -297,8 +297,8 @@ def test_resume_needs_a_run_folder_with_tune_state(tmp_path, experiment):
     assert cli.main(["resume", str(tmp_path / "bad")]) == 2
     import yaml
 
-    from evolve.config import load_spec
-    from evolve.runner import resume_search
+    from evolve.spec import load_spec
+    from evolve.driver import resume_search
 
     (tmp_path / "fresh").mkdir()
     (tmp_path / "fresh" / "spec.yaml").write_text(yaml.safe_dump(load_spec(experiment).to_dict()))
@@ -349,8 +349,8 @@ def test_a_killed_training_process_is_retried_from_its_checkpoint(experiment, tm
 def test_corrupt_tune_state_is_one_line_and_changes_nothing(tmp_path, experiment):
     import yaml
 
-    from evolve.config import load_spec
-    from evolve.runner import resume_search
+    from evolve.spec import load_spec
+    from evolve.driver import resume_search
 
     run = tmp_path / "run"
     (run / "tune").mkdir(parents=True)
@@ -368,7 +368,7 @@ def test_corrupt_tune_state_is_one_line_and_changes_nothing(tmp_path, experiment
 @pytest.mark.unit
 def test_a_truncated_result_file_is_named_and_left_out(tmp_path, capsys):
     from evolve import cli
-    from evolve.store import Store
+    from evolve.record.store import Store
 
     from evolve.variant import Variant
 

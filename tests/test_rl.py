@@ -11,10 +11,11 @@ import pytest
 import torch
 import yaml
 
-from evolve import rl, zygote
-from evolve.config import SpecError, load_spec
-from evolve.evaluation import load_module
-from evolve.harness import RecipeError, load_recipe
+from evolve.rank import rl
+from evolve.warm import zygote
+from evolve.spec import SpecError, load_spec
+from evolve.trial.evaluation import load_module
+from evolve.rank.lm import RecipeError, load_recipe
 from tests.conftest import ROOT
 
 RL_ARITH = ROOT / "experiments" / "rl_arith"
@@ -145,7 +146,7 @@ def variant(root, name, settings=None, replace=None):
     return dest
 
 
-def train(root, spec, vdir, tokens, target="evolve.rank:solo_rank", **extra):
+def train(root, spec, vdir, tokens, target="evolve.rank.entry:solo_rank", **extra):
     config = {"seed": 0, "task": spec.task, "data_dir": str(root / "data"), "variant_dir": str(vdir),
               "out_dir": str(root / f"out-{vdir.name}"), "train_tokens": tokens, "report_every": 25,
               "trainer": "rl", **extra}
@@ -185,7 +186,7 @@ def test_a_recipe_hook_that_breaks_the_rules_fails_its_smoke_run_in_one_line(ari
     root, spec = arith
     vdir = variant(root, "bad-" + "".join(c if c.isalnum() else "-" for c in words), {"sft_frac": 0.1}, replace)
     with pytest.raises(zygote.ChildFailed, match=words):
-        train(root, spec, vdir, 50_000, "evolve.rank:smoke_rank", max_steps=2, smoke=True)
+        train(root, spec, vdir, 50_000, "evolve.rank.entry:smoke_rank", max_steps=2, smoke=True)
 
 
 @pytest.mark.unit
@@ -199,7 +200,7 @@ def test_the_spec_names_its_trainer_and_the_rl_trainer_refuses_checkpoints():
 
 @pytest.mark.search
 def test_a_data_parallel_search_of_the_rl_experiment_records_accuracies_and_picks_the_highest(tmp_path):
-    from evolve.analysis import load_population
+    from evolve.read.population import load_population
 
     run = tmp_path / "run"
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}

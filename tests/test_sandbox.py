@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from evolve import channel, landlock, sandbox, syscalls
-from evolve.config import SpecError, load_spec
-from evolve.evaluation import EvaluationError, load_checked_model, seal_model
+from evolve.rank import channel, landlock, sandbox, syscalls
+from evolve.spec import SpecError, load_spec
+from evolve.trial.evaluation import EvaluationError, load_checked_model, seal_model
 from tests.conftest import TINY_LM
 
 

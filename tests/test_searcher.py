@@ -4,11 +4,11 @@ import pytest
 
 from ray.tune.search import Searcher
 
-from evolve.analysis import load_population
-from evolve.config import load_spec
-from evolve.runner import scaffold_files
-from evolve.searcher import EvolveSearcher
-from evolve.store import Store
+from evolve.read.population import load_population
+from evolve.spec import load_spec
+from evolve.driver import scaffold_files
+from evolve.search.searcher import EvolveSearcher
+from evolve.record.store import Store
 
 pytestmark = pytest.mark.unit
 
@@ -135,7 +135,8 @@ def test_after_the_budget_the_top_candidate_is_rerun_and_confirmed(experiment, t
     """Fresh seeds re-train the seed, the best and its parent; Welch decides; a huge jump needs review."""
     import yaml
 
-    from evolve import cli, confirm
+    from evolve import cli
+    from evolve.search import confirm
 
     s, store = make(experiment, tmp_path, "budget.trials=4", "confirm.top=1", "confirm.seeds=3",
                     "confirm.flag_sigmas=4.0")

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import ray
 
-from evolve.config import load_spec
-from evolve.runner import init_ray
-from evolve.slots import SlotBoard
+from evolve.spec import load_spec
+from evolve.driver import init_ray
+from evolve.trial.slots import SlotBoard
 
 pytestmark = pytest.mark.warm
 

@@ -5,7 +5,7 @@ import shutil
 import pytest
 
 from evolve import specdoc
-from evolve.config import SpecError, run_settings
+from evolve.spec import SpecError, run_settings
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.unit

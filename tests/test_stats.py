@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from evolve.stats import betainc, mean_ci, t_cdf, t_ppf, welch
+from evolve.search.stats import betainc, mean_ci, t_cdf, t_ppf, welch
 
 pytestmark = pytest.mark.unit
 

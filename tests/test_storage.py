@@ -8,9 +8,9 @@ import uuid
 import pyarrow.fs as pafs
 import pytest
 
-from evolve import storage
-from evolve.analysis import load_population
-from evolve.store import Store, atomic_write
+from evolve.record import mirror
+from evolve.read.population import load_population
+from evolve.record.store import Store, atomic_write
 from evolve.variant import Variant
 
 
@@ -43,17 +43,17 @@ def _result(store, i):
 @pytest.mark.unit
 def test_uris_and_their_local_copies(tmp_path, monkeypatch):
     monkeypatch.setenv("EVOLVE_CACHE", str(tmp_path))
-    assert storage.is_uri("s3://b/k") and storage.is_uri("gs://b/k")
-    assert not storage.is_uri("runs/x") and not storage.is_uri("/abs/x") and not storage.is_uri("file:///x")
-    assert storage.local_copy("s3://bucket/runs/a/") == tmp_path / "s3" / "bucket" / "runs" / "a"
+    assert mirror.is_uri("s3://b/k") and mirror.is_uri("gs://b/k")
+    assert not mirror.is_uri("runs/x") and not mirror.is_uri("/abs/x") and not mirror.is_uri("file:///x")
+    assert mirror.local_copy("s3://bucket/runs/a/") == tmp_path / "s3" / "bucket" / "runs" / "a"
     with pytest.raises(ValueError, match="storage: cannot open 'nosuch://b/k'"):
-        storage.Mirror(tmp_path / "x", "nosuch://b/k")
+        mirror.Mirror(tmp_path / "x", "nosuch://b/k")
 
 
 @pytest.mark.warm
 def test_every_record_is_in_the_bucket_when_its_write_returns(uri):
-    local = storage.local_copy(uri)
-    mirror = storage.Mirror(local, uri, interval_s=3600).start()  # no sweep: only the writes' own uploads
+    local = mirror.local_copy(uri)
+    m = mirror.Mirror(local, uri, interval_s=3600).start()  # no sweep: only the writes' own uploads
     try:
         store = Store(local)
         vid = _result(store, 1)
@@ -65,16 +65,16 @@ def test_every_record_is_in_the_bucket_when_its_write_returns(uri):
         assert not any(k.startswith(("trials/", "tune/")) for k in remote(uri))
         (local / "kept").mkdir()
         (local / "kept" / f"{vid}.json").write_text("{}")  # written by another process
-        assert mirror.push() == 2 and "kept/" + vid + ".json" in remote(uri) and "tune/state.json" in remote(uri)
-        assert mirror.push() == 0  # nothing changed since
+        assert m.push() == 2 and "kept/" + vid + ".json" in remote(uri) and "tune/state.json" in remote(uri)
+        assert m.push() == 0  # nothing changed since
     finally:
-        mirror.stop()
+        m.stop()
 
 
 @pytest.mark.warm
 def test_compaction_removes_merged_parts_from_the_bucket_after_the_merged_file(uri):
-    local = storage.local_copy(uri)
-    mirror = storage.Mirror(local, uri, interval_s=3600).start()
+    local = mirror.local_copy(uri)
+    m = mirror.Mirror(local, uri, interval_s=3600).start()
     try:
         store = Store(local)
         ids = [_result(store, i) for i in range(4)]
@@ -82,8 +82,8 @@ def test_compaction_removes_merged_parts_from_the_bucket_after_the_merged_file(u
         parts = [k for k in remote(uri) if k.startswith("population/")]
         assert parts == ["population/compacted.parquet"]
     finally:
-        mirror.stop()
-    fresh = storage.Mirror(local.parent / "elsewhere", uri)
+        m.stop()
+    fresh = mirror.Mirror(local.parent / "elsewhere", uri)
     assert fresh.pull() > 0
     assert list(load_population(fresh.local)["variant_id"]) == ids
 
@@ -92,8 +92,8 @@ def test_compaction_removes_merged_parts_from_the_bucket_after_the_merged_file(u
 def test_a_run_in_the_bucket_reads_anywhere(uri, tmp_path, capsys):
     from evolve import cli
 
-    local = storage.local_copy(uri)
-    with storage.session(uri) as folder:
+    local = mirror.local_copy(uri)
+    with mirror.session(uri) as folder:
         assert folder == local
         store = Store(folder)
         ids = [_result(store, i) for i in range(3)]
@@ -165,7 +165,7 @@ def test_a_search_in_the_bucket_resumes_on_another_head(uri, experiment, tmp_pat
             release.set()
         before = {k: read_remote(uri, k) for k in remote(uri) if k.startswith("population/")}
         assert 1 <= len(before) < 3
-        shutil.rmtree(storage.local_copy(uri))  # the head node is gone, and its disk with it
+        shutil.rmtree(mirror.local_copy(uri))  # the head node is gone, and its disk with it
 
         q = evolve("resume", uri, log=log)
         try:
@@ -173,7 +173,7 @@ def test_a_search_in_the_bucket_resumes_on_another_head(uri, experiment, tmp_pat
         finally:
             kill_group(q)
     assert "fetched" in (tmp_path / "run.log").read_text()
-    shutil.rmtree(storage.local_copy(uri))
+    shutil.rmtree(mirror.local_copy(uri))
     pop = load_population(uri)  # as the bucket holds it
     assert len(pop) == 3 and pop["variant_id"].is_unique and (pop["status"] == "completed").all()
     assert (pop["operator"] == "llm").sum() == 2  # both children the agent's, the held one asked again

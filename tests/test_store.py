@@ -3,8 +3,8 @@ import os
 import pyarrow.parquet as pq
 import pytest
 
-from evolve.analysis import load_population
-from evolve.store import Store, atomic_write
+from evolve.read.population import load_population
+from evolve.record.store import Store, atomic_write
 from evolve.variant import Variant, variant_id
 
 pytestmark = pytest.mark.unit
@@ -92,7 +92,7 @@ def test_lineage_and_depth_follow_first_parents(tmp_path):
 
 
 def test_result_of_one_variant_is_read_back_parsed(tmp_path):
-    from evolve.store import Store
+    from evolve.record.store import Store
 
     store = Store(tmp_path)
     assert store.result("abc") is None
@@ -166,7 +166,7 @@ def test_a_population_written_before_the_speed_columns_loads_with_them_empty(tmp
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from evolve.store import RESULT_SCHEMA, Store
+    from evolve.record.store import RESULT_SCHEMA, Store
 
     older = pa.schema([f for f in RESULT_SCHEMA if f.name not in ("tokens_per_s", "mfu", "gpu_hours")])
     (tmp_path / "population").mkdir()
@@ -179,7 +179,7 @@ def test_a_population_written_before_the_speed_columns_loads_with_them_empty(tmp
 def test_status_shows_gpu_hours_and_mfu_when_trials_ran_on_gpus():
     import pandas as pd
 
-    from evolve.status import speed_lines
+    from evolve.read.status import speed_lines
 
     pop = pd.DataFrame({"variant_id": ["a", "b", "c"], "gpu_hours": [0.1, 0.2, None], "mfu": [0.31, 0.42, None]})
     assert speed_lines(pop) == ["GPU: 0.30 GPU-hours; MFU median 36.5%, best 42.0% (b)"]

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from evolve import zygote
+from evolve.warm import zygote
 
 pytestmark = pytest.mark.warm
 
@@ -121,7 +121,7 @@ def _ask(path, request: dict) -> dict:
 
 def test_the_zygote_serves_only_its_search_and_its_entry_points(warm):
     key = zygote.secret(warm)
-    assert _ask(warm, {"op": "call", "fn": "evolve.rank:run_rank", "kwargs": {}}) == {
+    assert _ask(warm, {"op": "call", "fn": "evolve.rank.entry:run_rank", "kwargs": {}}) == {
         "error": "zygote: wrong secret: not this search's zygote"}
     assert _ask(warm, {"op": "call", "secret": "0" * 64, "fn": "tests.zygote_targets:identify"})["error"] == (
         "zygote: wrong secret: not this search's zygote")

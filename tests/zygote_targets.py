@@ -51,7 +51,7 @@ def spawn_and_sleep(report, s, pidfile):
 
 def walls(report):
     """Raises the rank's last walls as the harness does; returns how long the seccomp step took."""
-    from evolve import sandbox
+    from evolve.rank import sandbox
 
     t0 = time.perf_counter()
     sandbox.confine()

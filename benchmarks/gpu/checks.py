@@ -197,7 +197,7 @@ def step_env(res: dict) -> None:
     except BaseException as e:  # noqa: BLE001
         errors["gpt2 build/forward/save"] = one_line(e)
     try:
-        keys = api("evolve.harness:ALLOWED_DS_KEYS")
+        keys = api("evolve.rank.lm:ALLOWED_DS_KEYS")
         res["harness_allowed_ds_keys"] = list(keys)
         res["harness_allows_bf16_or_fp16"] = any(k in keys for k in ("bf16", "fp16", "amp"))
     except ProjectChanged as e:
@@ -210,13 +210,13 @@ def step_env(res: dict) -> None:
 FORK_PROBE = r"""
 import importlib, json, os, sys
 try:
-    from evolve.zygote import PRELOAD
+    from evolve.warm.zygote import PRELOAD
 except ImportError:  # the project moved it: what the zygote imported when this check was written
     PRELOAD = ("numpy", "yaml", "torch", "torch.distributed", "transformers",
                "transformers.models.gpt2.modeling_gpt2", "deepspeed")
 for name in PRELOAD:  # what the zygote imports before it forks a child per rank
     importlib.import_module(name)
-import evolve.rank
+import evolve.rank.entry
 import torch
 out = {"preload": list(PRELOAD), "parent_torch_cuda_initialized": torch.cuda.is_initialized()}
 try:
@@ -276,10 +276,10 @@ def step_fork(res: dict) -> None:
 # -- 3./4. the seed trials ------------------------------------------------------------
 def prepare(name: str, overrides: list[str], folder: str):
     """Returns (spec, data meta, config) of the experiment's seed, built the way the searcher builds a trial's."""
-    load_spec = api("evolve.config:load_spec")
-    prepare_run = api("evolve.runner:prepare_run")
-    scaffold_files = api("evolve.runner:scaffold_files")
-    Store = api("evolve.store:Store")
+    load_spec = api("evolve.spec:load_spec")
+    prepare_run = api("evolve.driver:prepare_run")
+    scaffold_files = api("evolve.driver:scaffold_files")
+    Store = api("evolve.record.store:Store")
     Variant = api("evolve.variant:Variant")
 
     spec = load_spec(experiment(name), overrides)
@@ -332,8 +332,8 @@ def step_seed(res: dict, sandboxed: bool) -> None:
     if why:
         res["skipped"] = why
         return
-    run_rank = api("evolve.rank:run_rank")
-    evaluate_saved = api("evolve.evaluation:evaluate_saved")
+    run_rank = api("evolve.rank.entry:run_rank")
+    evaluate_saved = api("evolve.trial.evaluation:evaluate_saved")
     tokens = SANDBOX_TOKENS if sandboxed else SEED_TOKENS
     t_all = time.time()
     spec, meta, config = prepare("tiny_lm", [f"budget.train_tokens={tokens}", f"trial.gpus_per_worker={gpus()}",
@@ -366,9 +366,9 @@ def step_seed(res: dict, sandboxed: bool) -> None:
         t0 = time.time()
         metrics = evaluate_saved(None, **eval_kwargs)
     else:  # as a slot's relay runs it: a fresh zygote child in the sandbox, then the evaluation in another
-        zygote = api("evolve.zygote")
-        ensure, ping, call, shutdown = (api(f"evolve.zygote:{n}") for n in ("ensure", "ping", "call", "shutdown"))
-        policy_for = api("evolve.sandbox:policy_for")
+        zygote = api("evolve.warm.zygote")
+        ensure, ping, call, shutdown = (api(f"evolve.warm.zygote:{n}") for n in ("ensure", "ping", "call", "shutdown"))
+        policy_for = api("evolve.rank.sandbox:policy_for")
 
         t0 = time.time()
         ping(ensure())
@@ -376,7 +376,7 @@ def step_seed(res: dict, sandboxed: bool) -> None:
         try:
             t0 = time.time()
             try:
-                call("evolve.rank:run_rank", {"config": config, "rank": 0, "world": 1},
+                call("evolve.rank.entry:run_rank", {"config": config, "rank": 0, "world": 1},
                      env=rank_env(), log=str(out_dir / "rank0.log"),
                      recipe=str(Path(config["variant_dir"]) / "recipe.py"), on_report=points.append,
                      timeout_s=STEP_TIMEOUT_S, sandbox=policy_for(config, str(out_dir)))
@@ -389,7 +389,7 @@ def step_seed(res: dict, sandboxed: bool) -> None:
             summarize(res, out_dir, points, t_train)
             t0 = time.time()
             try:
-                metrics = call("evolve.evaluation:evaluate_saved", eval_kwargs,
+                metrics = call("evolve.trial.evaluation:evaluate_saved", eval_kwargs,
                                log=str(out_dir / "evaluate.log"), timeout_s=STEP_TIMEOUT_S)
             except Exception:
                 res["evaluate_log_tail"] = tail(out_dir / "evaluate.log")
@@ -416,10 +416,10 @@ def step_throughput(res: dict) -> None:
     import torch.distributed as dist
     import yaml
 
-    trainer = api("evolve.rank:trainer")
-    load_recipe, load_settings = api("evolve.harness:load_recipe"), api("evolve.harness:load_settings")
-    load_tokens = api("evolve.harness:load_tokens")
-    mfu = api("evolve.mfu")
+    trainer = api("evolve.rank.entry:trainer")
+    load_recipe, load_settings = api("evolve.rank.lm:load_recipe"), api("evolve.rank.lm:load_settings")
+    load_tokens = api("evolve.rank.lm:load_tokens")
+    mfu = api("evolve.rank.mfu")
 
     corpus = WORK / "tokens.bin"
     WORK.mkdir(parents=True, exist_ok=True)
@@ -494,7 +494,7 @@ def plain_loop(recipe, settings, config, train, dtype, n_params) -> dict:
 
     import torch
 
-    build_model = api("evolve.harness:build_model")
+    build_model = api("evolve.rank.lm:build_model")
     dev = torch.device("cuda", 0) if gpus() else torch.device("cpu")
     torch.manual_seed(config["seed"] * 1000)
     seq, bs = int(settings["seq_len"]), int(settings["batch_size"])
@@ -542,8 +542,8 @@ def step_rl(res: dict) -> None:
     if why:
         res["skipped"] = why
         return
-    run_rank = api("evolve.rank:run_rank")
-    evaluate_saved = api("evolve.evaluation:evaluate_saved")
+    run_rank = api("evolve.rank.entry:run_rank")
+    evaluate_saved = api("evolve.trial.evaluation:evaluate_saved")
 
     t_all = time.time()
     spec, meta, config = prepare("rl_arith", [f"budget.train_tokens={RL_TOKENS}", f"trial.gpus_per_worker={gpus()}",
@@ -573,7 +573,7 @@ def step_rl(res: dict) -> None:
 
 # -- 7. the population of the CLI's run -----------------------------------------------------
 def step_population(res: dict) -> None:
-    load_population = api("evolve.analysis:load_population")
+    load_population = api("evolve.read.population:load_population")
     run = Path(os.environ.get("RUN_DIR", "/tmp/evolve-gpucheck-run"))
     pop = load_population(run)
     cols = [c for c in ("variant_id", "status", "fitness", "operator", "failure_reason", "trial_seconds")

@@ -221,8 +221,8 @@ say "CUDA available: $HAVE_GPU"
 sandbox_probe() {
   echo "kernel $(uname -r); max_user_namespaces=$(cat /proc/sys/user/max_user_namespaces 2>/dev/null || echo '?');" \
        "unprivileged_userns_clone=$(cat /proc/sys/kernel/unprivileged_userns_clone 2>/dev/null || echo n/a); uid $(id -u)"
-  cd "$PROJECT" && "$PY" -m evolve.sandbox auto
-  cd "$PROJECT" && "$PY" -m evolve.sandbox unprivileged || true
+  cd "$PROJECT" && "$PY" -m evolve.rank.sandbox auto
+  cd "$PROJECT" && "$PY" -m evolve.rank.sandbox unprivileged || true
 }
 step sandbox 40 sandbox_probe
 SANDBOX_OK=0
@@ -231,7 +231,7 @@ say "sandbox probe: $([[ $SANDBOX_OK == 1 ]] && echo ok || echo FAILED)"
 
 # -- 3.-6. trials through the harness -----------------------------------------------------
 if [[ "$DRY" == 1 ]]; then  # setup.sh's step: DeepSpeed's CPU op, built once before the trials
-  cpu_op() { cd "$PROJECT" && "$PY" -m evolve.ops; }
+  cpu_op() { cd "$PROJECT" && "$PY" -m evolve.warm.commop; }
   step cpu_op 300 cpu_op
 fi
 if [[ "$DRY" != 1 && "$HAVE_GPU" != 1 ]]; then

@@ -195,9 +195,9 @@ ATTACKS = {
         "        c = f.f_locals.get('config')\n"
         "        if isinstance(c, dict) and 'train_tokens' in c:\n            c['train_tokens'] *= 100\n"
         "        f = f.f_back\n_more()"),
-    "patch_harness": "import evolve.harness as h\nh._dev_loss = lambda model, dev, seq: 0.0",
+    "patch_harness": "import evolve.rank.lm as h\nh._dev_loss = lambda model, dev, seq: 0.0",
     "patch_eval": (
-        "import sys, types, evolve.evaluation as ev\n"
+        "import sys, types, evolve.trial.evaluation as ev\n"
         "ev.evaluate_saved = lambda *a, **k: {'heldout_loss': 0.0}\n"
         "sys.modules['evolve_sealed_evaluate'] = types.SimpleNamespace(evaluate=lambda *a: {'heldout_loss': 0.0})"),
     "exit": "_os._exit(0)",
@@ -267,7 +267,7 @@ EXPECT = {
     "rewrite_after_save": COMPLETED + r"|sealed evaluation: .*cannot be read",
     "fake_metric": COMPLETED,
     "raise_budget": COMPLETED,
-    "patch_harness": r"the variant changed the harness while importing recipe.py \(evolve.harness._dev_loss\)",
+    "patch_harness": r"the variant changed the harness while importing recipe.py \(evolve.rank.lm._dev_loss\)",
     "patch_eval": COMPLETED,
     "exit": r"the variant's process exited with status 0 before finishing",
     "crash": r"the variant's process was killed by SIG(ABRT|SEGV)",
@@ -284,12 +284,12 @@ def recipe(seed_recipe: str, name: str, targets: dict, native: bytes) -> str:
 # -- forged checkpoints: a curve point naming a folder the trial process would copy and delete ----
 ATTACKS["forged_checkpoint"] = (
     "import json\n"
-    "fd = __import__('evolve.sandbox').sandbox._channel.fd  # the rank's result channel\n"
+    "fd = __import__('evolve.rank.sandbox').rank.sandbox._channel.fd  # the rank's result channel\n"
     "_os.write(fd, (json.dumps({'report': {'step': 1, 'tokens': 1, 'checkpoint': _RT['run'] + '/data'}}) + '\\n').encode())")
 EXPECT["forged_checkpoint"] = r"the variant reported a checkpoint outside its folder"
 ATTACKS["forged_done"] = (
     "import json\n"
-    "fd = __import__('evolve.sandbox').sandbox._channel.fd\n"
+    "fd = __import__('evolve.rank.sandbox').rank.sandbox._channel.fd\n"
     "_os.write(fd, (json.dumps({'report': {'done': True, 'training_iteration': 10 ** 6}}) + '\\n').encode())")
 EXPECT["forged_done"] = r"the variant reported a curve point with keys the harness never sends \(done, training_iteration\)"
 ATTACKS["checkpoint_link"] = (  # a real checkpoint folder holding a link to the held-out split
@@ -297,7 +297,7 @@ ATTACKS["checkpoint_link"] = (  # a real checkpoint folder holding a link to the
     "ck = _os.path.join(_os.environ['TMPDIR'], '..', 'checkpoints', 'tokens-1')\n"
     "_os.makedirs(ck, exist_ok=True)\n"
     "_os.symlink(_RT['heldout'], _os.path.join(ck, 'leak.bin'))\n"
-    "fd = __import__('evolve.sandbox').sandbox._channel.fd\n"
+    "fd = __import__('evolve.rank.sandbox').rank.sandbox._channel.fd\n"
     "vid = _os.path.basename(_os.path.dirname(_os.environ['TMPDIR']))\n"
     "path = _os.path.join(_RT['run'], 'trials', vid, 'checkpoints', 'tokens-1')\n"
     "_os.write(fd, (json.dumps({'report': {'step': 1, 'tokens': 1, 'checkpoint': path}}) + '\\n').encode())")

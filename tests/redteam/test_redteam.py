@@ -28,10 +28,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from evolve import zygote
-from evolve.analysis import load_population
-from evolve.governance import check_sealed
-from evolve.runner import search_key
+from evolve.warm import zygote
+from evolve.read.population import load_population
+from evolve.record.seals import check_sealed
+from evolve.driver import search_key
 from tests.conftest import TINY_LM
 from tests.openai_server import Reply, ScriptedOpenAI
 from tests.redteam.attacks import ATTACKS, COMPLETED, EXPECT, recipe

@@ -1,1 +1,0 @@
-"""Operators: what makes a child variant from its parents."""

@@ -1,0 +1,1 @@
+"""The driver's search: the Ray Tune searcher, selection, the heuristic operator, confirmation and the baselines."""

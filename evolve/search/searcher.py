@@ -1,0 +1,378 @@
+"""The Ray Tune Searcher: holds the population, picks parents, makes children.
+
+A thin adapter over pure functions (`evolve.search.selection`, the operators):
+`suggest` never blocks on anything slower than a few file writes; each
+finished trial is written to the store before the searcher counts it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+import random
+import time
+from pathlib import Path
+
+from ray.tune.search import Searcher
+
+from evolve.agent.operator import DONE, WAIT, LLMOperator
+from evolve.record.seals import sealed_paths, surface_violations
+from evolve.record.store import Store, atomic_write, parsed
+from evolve.search import confirm
+from evolve.search import selection as pop
+from evolve.search.heuristic import crossover, perturb
+from evolve.variant import Variant
+
+MAX_DUPLICATE_TRIES = 20  # fresh mutations tried before a suggestion gives up
+
+
+class EvolveSearcher(Searcher):
+    """Evolutionary search over scaffold variants, islands plus tournaments."""
+
+    def __init__(self, spec, store: Store, trial_context: dict, seed_files: dict[str, bytes],
+                 log=print):
+        # No metric for Tune: the curve reports carry none, and the searcher
+        # reads the fitness from the final result itself.
+        super().__init__(metric=None, mode=None)
+        self.spec = spec
+        self.store = store
+        self.context = trial_context  # fields every trial's config carries
+        self.log = log
+        prefix = spec.scaffold.rstrip("/") + "/"
+        self.mutable = [m[len(prefix):] for m in spec.mutable]
+        self.settings_file = spec.operator.heuristic.file[len(prefix):]
+        scaffold = spec.path(spec.scaffold).resolve()
+        self.sealed_in_scaffold = sorted(p.relative_to(scaffold).as_posix()
+                                         for p in sealed_paths(spec.root, spec.sealed)
+                                         if p.is_relative_to(scaffold))
+        self.rng = random.Random(spec.seed)
+        self.variants: dict[str, Variant] = {}
+        self.results: dict[str, dict] = {}  # variant id -> {"status", "fitness", ...}
+        self.scores: dict[str, float] = {}  # variant id -> finite score (higher is better), completed only
+        self._best: str | None = None
+        self.islands: list[list[str]] = [[] for _ in range(spec.selection.islands)]
+        # kept as results come in, so a suggestion costs the same with 10 or 10,000 variants
+        self.on_island: list[set] = [set() for _ in self.islands]
+        self.island_scored: list[list[tuple[str, float]]] = [[] for _ in self.islands]
+        self.live: dict[str, str] = {}  # trial id -> variant id
+        self.curves: dict[str, list] = {}  # trial id -> learning curve so far
+        self.n_suggested = 0
+        self.n_recorded = 0
+        self.confirm_plan: list | None = None  # (variant, seed) re-runs still to suggest
+        self.confirm_live: dict[str, tuple] = {}  # trial id -> (variant, seed) of a re-run
+        seed = Variant(files=store.put_files(seed_files), operator="seed",
+                       record={"kind": "seed", "rationale": "the scaffold as written"})
+        self.seed_id = seed.id
+        self._pending_seed = seed
+        self.llm = LLMOperator(spec, trial_context, log) if spec.operator.kind == "llm" else None
+        if self.llm is not None:  # the agent starts on the seed's children before Tune starts
+            self._admit(seed)
+            self.llm.start()
+            self.llm.pump(self)
+
+    # -- Tune's contract -------------------------------------------------------
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True  # metric and mode come from the experiment spec
+
+    def suggest(self, trial_id: str):
+        if self.n_suggested >= self.spec.budget.trials:
+            return self._suggest_rerun(trial_id)
+        if self._pending_seed is not None:
+            child, self._pending_seed = self._pending_seed, None
+        else:
+            got = self.llm.take(self) if self.llm is not None else None
+            if got == WAIT:
+                return None  # Tune asks again shortly; the agent is writing
+            if got == DONE:
+                return Searcher.FINISHED
+            child = got if isinstance(got, Variant) else self._propose()
+            if child is None and self.llm is not None and self.llm.state == "ok":
+                return None  # the heuristic has nothing new; the agent will
+            if child is None:
+                self.log(f"evolve: no new variant after {MAX_DUPLICATE_TRIES} tries; stopping")
+                return Searcher.FINISHED
+        self._admit(child)
+        self.live[trial_id] = child.id
+        self.n_suggested += 1
+        if self.llm is not None:
+            self.llm.pump(self)  # keep the agent writing ahead of the next free slot
+        return self._trial_config(child.id, trial_id)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """Keeps each live trial's learning curve, for a trial the scheduler stops early."""
+        if trial_id in self.live and "dev_loss" in result and "result_json" not in result:
+            self.curves.setdefault(trial_id, []).append(
+                [result["tokens"], result["train_loss"], result["dev_loss"]])
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        if trial_id in self.confirm_live:
+            self._record_rerun(trial_id, result, error)
+            return
+        vid = self.live.pop(trial_id, None)
+        curve = self.curves.pop(trial_id, [])
+        if vid is None or vid in self.results:
+            return  # unknown, or already recorded (a repeated callback)
+        outcome = json.loads(result["result_json"]) if result and "result_json" in result else None
+        summary = (outcome or {}).get("summary") or {}
+        if summary.get("resumed_at_tokens") is not None:  # restored from a checkpoint: the curve before it too
+            summary["curve"] = [p for p in curve if p[0] <= summary["resumed_at_tokens"]] + summary["curve"]
+        if outcome is None and not error and result and "dev_loss" in result:
+            point = [result["tokens"], result["train_loss"], result["dev_loss"]]
+            if not curve or curve[-1] != point:
+                curve.append(point)  # the result the scheduler stopped it on
+        if outcome is None and not error and curve:  # the scheduler stopped it: a result, not a failure
+            outcome = {"status": "stopped", "fitness": None,
+                       "failure_reason": f"stopped early by the scheduler at {curve[-1][0]:,} tokens "
+                                         f"(dev loss {curve[-1][2]:.4f})",
+                       "summary": {"curve": curve, "tokens_trained": curve[-1][0]}}
+        if error or outcome is None:
+            outcome = {"status": "failed", "fitness": None,
+                       "failure_reason": f"the trial errored before reporting, {self.spec.trial.max_failures} "
+                                         f"retries included (see its error.txt under tune/)"}
+        self._record(vid, trial_id, outcome)
+
+    # -- confirmation: re-runs of the top candidates once the budget is spent (evolve.search.confirm) --
+    def _suggest_rerun(self, trial_id: str):
+        c = self.spec.confirm
+        if not c.top:
+            return Searcher.FINISHED
+        if self.confirm_plan is None:
+            if self.live or self.n_recorded < self.n_suggested:
+                return None  # the budget's last trials are still training
+            rows = [{"variant_id": v, "status": r["status"], "fitness": r["fitness"],
+                     "parent_ids": list(self.variants[v].parents)} for v, r in self.results.items()]
+            seeds = [self.spec.seed + 1 + i for i in range(c.seeds)]
+            self.confirm_plan = confirm.plan(rows, self.seed_id, self.spec.objective.mode, c.top, seeds)
+            n = len({v for v, _ in self.confirm_plan})
+            self.log(f"evolve: confirming: {len(self.confirm_plan)} re-runs of {n} variants (the seed, the top "
+                     f"{c.top} and their parents) with seeds {', '.join(map(str, seeds))}")
+        while self.confirm_plan and confirm.recorded(self.store.root, *self.confirm_plan[0]):
+            self.confirm_plan.pop(0)  # recorded before a resume
+        if not self.confirm_plan:
+            return Searcher.FINISHED
+        vid, seed = self.confirm_plan.pop(0)
+        self.confirm_live[trial_id] = (vid, seed)
+        key = confirm.rerun_key(vid, seed)
+        config = self._trial_config(vid, trial_id)
+        return {**config, "seed": seed, "confirm": True, "trial_key": key, "checkpoint_tokens": 0,
+                "out_dir": str(Path(config["out_dir"]).parent / key)}
+
+    def _record_rerun(self, trial_id: str, result: dict | None, error: bool) -> None:
+        vid, seed = self.confirm_live.pop(trial_id)
+        outcome = json.loads(result["result_json"]) if result and "result_json" in result else None
+        if error or outcome is None:
+            outcome = {"status": "failed", "fitness": None, "failure_reason": "the re-run errored before reporting"}
+        confirm.record(self.store.root, vid, seed, outcome)
+        got = (f"{self.spec.objective.metric} {outcome['fitness']:.4f}" if outcome["status"] == "completed"
+               else f"FAILED: {outcome.get('failure_reason')}")
+        self.log(f"[confirm] {vid[:8]} seed {seed} | {got}")
+
+    def close(self) -> None:
+        """Stops the agent's threads (proposals still being written are dropped)."""
+        if self.llm is not None:
+            self.llm.close()
+
+    def save(self, checkpoint_path: str):
+        state = {k: v for k, v in self.__dict__.items() if k not in ("store", "log")}
+        state["rng"] = self.rng.getstate()
+        atomic_write(Path(checkpoint_path), pickle.dumps(state))
+
+    def restore(self, checkpoint_path: str):
+        self.close()  # this process's agent threads, if any, before they are replaced
+        state = pickle.loads(Path(checkpoint_path).read_bytes())
+        rng_state = state.pop("rng")
+        self.__dict__.update(state)
+        self.rng = random.Random()
+        self.rng.setstate(rng_state)
+        if self.llm is not None:
+            self.llm.log = self.log
+        absorbed = self.absorb_recorded()  # the store is the record; Tune's snapshot may be older
+        if absorbed:
+            self.log(f"evolve: resume: {absorbed} result(s) recorded after Tune's last snapshot taken from the store")
+        if self.llm is not None:
+            kept = self.llm.restore(self)
+            if kept:
+                self.log(f"evolve: resume: {kept} proposal(s) the agent finished after Tune's last snapshot "
+                         f"taken from proposals/ (not asked for again)")
+
+    def __getstate__(self):  # Tuner pickles the searcher; the log callable may not pickle
+        state = dict(self.__dict__)
+        state["log"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.log = self.log or print
+        if getattr(self, "llm", None) is not None:
+            self.llm.log = self.log
+
+    # -- population ------------------------------------------------------------
+    def _members(self, island: int) -> list[tuple[str, float]]:
+        """Returns the scored members to select from: the island's, else anyone's, else the seed."""
+        if self.island_scored[island]:
+            return self.island_scored[island]
+        return list(self.scores.items()) or [(self.seed_id, 0.0)]
+
+    def _propose(self) -> Variant | None:
+        island = pop.island_for(self.n_suggested, len(self.islands))
+        members = self._members(island)
+        h = self.spec.operator.heuristic
+        for _ in range(MAX_DUPLICATE_TRIES):
+            parents = pop.select_parents(self.rng, members, self.spec.selection.tournament, 2)
+            files = self.store.read_files(self.variants[parents[0]])
+            text = files[self.settings_file].decode()
+            record = None
+            if len(parents) == 2 and self.rng.random() < h.crossover_rate:
+                other = self.store.read_files(self.variants[parents[1]])[self.settings_file].decode()
+                new_text, record = crossover(self.rng, text, other, h)
+                used = parents
+            if record is None or not record["changes"]:
+                try:
+                    new_text, record = perturb(self.rng, text, h)
+                except ValueError as e:  # e.g. an LLM-written settings file with no key it may change
+                    self.log(f"evolve: heuristic operator: {e}")
+                    return None
+                used = parents[:1]
+            child_files = {**files, self.settings_file: new_text.encode()}
+            bad = surface_violations(files, child_files, self.mutable)
+            if bad:  # the operator itself broke the policy: a bug, not a variant
+                raise RuntimeError(f"operator changed files outside the mutable surface: {bad}")
+            child = Variant(files=self.store.put_files(child_files), parents=tuple(used),
+                            operator=record["kind"], record=record, island=island)
+            if child.id not in self.variants:
+                return child
+        return None
+
+    def _admit(self, child: Variant) -> None:
+        self.store.put_variant(child)
+        self.variants[child.id] = child
+        homes = range(len(self.islands)) if child.id == self.seed_id else [child.island]
+        for i in homes:  # the seed belongs to every island
+            self._join(i, child.id)
+
+    def _join(self, island: int, vid: str) -> None:
+        if vid not in self.on_island[island]:
+            self.on_island[island].add(vid)
+            self.islands[island].append(vid)
+            if vid in self.scores:
+                self.island_scored[island].append((vid, self.scores[vid]))
+
+    def _trial_config(self, vid: str, trial_id: str) -> dict:
+        run = Path(self.store.root).resolve()
+        variant_dir = self.store.materialize(self.variants[vid], run / "work" / vid)
+        return {**self.context, "variant_id": vid, "trial_id": trial_id,
+                "variant_dir": str(variant_dir), "out_dir": str(run / "trials" / vid)}
+
+    def _record(self, vid: str, trial_id: str, outcome: dict) -> None:
+        row = result_row(self.variants[vid], trial_id, outcome)
+        self.store.append_result(row)  # durable before the searcher counts it
+        self.store.compact()  # one merged file per COMPACT_AT results keeps a large population quick to load
+        self._count(vid, row)
+        self.log(self._result_line(vid, outcome))
+        if self.llm is not None:
+            self.llm.on_result(self, vid, outcome)
+
+    def _count(self, vid: str, row: dict) -> None:
+        """Takes a recorded result into the searcher's state (scores, best, islands, migration)."""
+        curve, fitness = row["curve"], row["fitness"]
+        self.results[vid] = {"status": row["status"], "fitness": fitness, "curve": curve,
+                             "metrics": row["metrics"], "tokens_per_s": _finite(row.get("tokens_per_s")),
+                             "mfu": _finite(row.get("mfu")), "trial_seconds": _finite(row.get("trial_seconds"))}
+        score = pop.score(fitness, self.spec.objective.mode)
+        if math.isfinite(score):
+            self.scores[vid] = score
+            if self._best is None or score > self.scores[self._best]:
+                self._best = vid
+            for i, members in enumerate(self.on_island):
+                if vid in members:
+                    self.island_scored[i].append((vid, score))
+        self.n_recorded += 1
+        self._migrate_if_due()
+
+    def absorb_recorded(self) -> int:
+        """Counts the results the store holds that this state has not (recorded after its snapshot).
+
+        Returns how many. A variant suggested after the snapshot counts as
+        suggested, and a trial still live for a recorded variant is dropped,
+        so no finished variant is trained again and none is counted twice.
+        """
+        new = 0
+        rows = self.store.read_results().to_pylist()
+        for line in self.store.unreadable:
+            self.log(f"evolve: warning: {line}")
+        for row in rows:
+            vid = row["variant_id"]
+            if vid in self.results:
+                continue
+            row = parsed(row)
+            if vid not in self.variants:  # suggested after the snapshot
+                self._admit(self.store.get_variant(vid))
+                self.n_suggested += 1
+            self._count(vid, row)
+            for trial_id in [t for t, v in self.live.items() if v == vid]:
+                del self.live[trial_id]
+                self.curves.pop(trial_id, None)
+            new += 1
+        return new
+
+    def _migrate_if_due(self) -> None:
+        if self.n_recorded % self.spec.selection.migrate_every:
+            return
+        for vid, dest in pop.migrations(self.islands, self.scores):
+            self._join(dest, vid)
+
+    def best_id(self) -> str | None:
+        return self._best
+
+    def _result_line(self, vid: str, outcome: dict) -> str:
+        v = self.variants[vid]
+        parent = ",".join(p[:8] for p in v.parents) or "-"
+        what = v.record.get("rationale", v.operator)
+        if outcome["status"] == "completed":
+            got = f"{self.spec.objective.metric} {outcome['fitness']:.4f}"
+        else:
+            what_happened = "STOPPED" if outcome["status"] == "stopped" else "FAILED"
+            got = f"{what_happened}: {outcome.get('failure_reason')}"
+        best = self.best_id()
+        best_txt = f"{self.results[best]['fitness']:.4f} ({best[:8]})" if best else "-"
+        return (f"[{self.n_recorded:>3}/{self.spec.budget.trials}] {vid[:8]} <- {parent:<17} "
+                f"{what[:60]:<60} | {got} | best {best_txt}")
+
+
+def result_row(v: Variant, trial_id: str, outcome: dict) -> dict:
+    """Returns the population row of one finished trial of variant `v`."""
+    summary = outcome.get("summary") or {}
+    curve = summary.get("curve") or []
+    fitness = outcome.get("fitness")
+    return {
+        "variant_id": v.id, "parent_ids": list(v.parents), "operator": v.operator,
+        "record": v.record, "island": v.island, "status": outcome["status"],
+        "failure_reason": outcome.get("failure_reason"), "fitness": fitness,
+        "metrics": outcome.get("metrics") or {}, "curve": curve,
+        "final_train_loss": curve[-1][1] if curve else None,
+        "final_dev_loss": curve[-1][2] if curve else None,
+        "train_seconds": summary.get("train_seconds"),
+        "trial_seconds": outcome.get("trial_seconds"),
+        "tokens_trained": summary.get("tokens_trained"),
+        "setup_seconds": summary.get("setup_seconds"), "eval_seconds": outcome.get("eval_seconds"),
+        "trial_id": trial_id, "created_at": v.created_at,
+        "started_at": outcome.get("trial_started_at"),
+        "first_step_at": summary.get("first_step_at"), "last_step_at": summary.get("last_step_at"),
+        "finished_at": time.time(),
+        "tokens_per_s": _times(summary.get("tokens_per_s"), summary.get("world_size")),
+        "mfu": summary.get("mfu"), "gpu_hours": outcome.get("gpu_hours"),
+    }
+
+
+def _finite(x) -> float | None:
+    """Returns `x` as a float, or None for a missing value (None or NaN from an older row)."""
+    try:
+        return float(x) if x is not None and math.isfinite(float(x)) else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _times(rate, world) -> float | None:
+    """Returns a rank's rate times the ranks (every rank trains as fast in data parallelism)."""
+    return None if rate is None else float(rate) * int(world or 1)
