@@ -1,7 +1,8 @@
-"""The pure cores of a trial: the token and step plan, and the outcome decision."""
+"""The pure cores: the token and step plan, the trial's outcome decision, the agent's states and requests."""
 
 import pytest
 
+from evolve.agent.operator import agent_state, requests_wanted
 from evolve.rank.lm import RecipeError, plan_steps
 from evolve.trial.slots import LOST
 from evolve.trial.train import TrialLost, outcome
@@ -29,3 +30,26 @@ def test_a_trial_outcome_follows_its_ranks_then_its_evaluation():
     assert refused["status"] == "failed" and refused["failure_reason"] == "sealed evaluation: EvaluationError: not a plain file"
     with pytest.raises(TrialLost, match="^the node went away$"):
         outcome({0: LOST + "the node went away"}, {}, None, None, "heldout_loss")
+
+
+def test_the_agent_goes_down_after_failures_in_a_row_and_comes_back_on_an_accepted_child():
+    assert agent_state("ok", False, 2, max_failures=3) == "ok"
+    assert agent_state("ok", False, 3, max_failures=3) == "down"
+    assert agent_state("down", False, 9, max_failures=3) == "down"  # a failed probe
+    assert agent_state("down", True, 0, max_failures=3) == "ok"
+    assert agent_state("off", True, 0, max_failures=3) == "off"  # no endpoint: for good
+    assert agent_state("off", False, 5, max_failures=3) == "off"
+
+
+def test_the_agent_keeps_parallel_requests_in_flight_ahead_of_the_slots_within_the_budget():
+    want = lambda state="ok", in_flight=0, ready=0, left=10, parallel=2, ahead=3, probe_due=False: requests_wanted(
+        state, in_flight, ready, left, parallel, ahead, probe_due)
+    assert want() == 2  # parallel bounds it
+    assert want(in_flight=1) == 1 and want(in_flight=2) == 0
+    assert want(ready=2) == 1  # ahead: 2 ready + 1 coming
+    assert want(ready=3) == 0
+    assert want(left=1) == 1 and want(left=0) == 0 and want(ready=1, in_flight=1, left=2) == 0  # the budget
+    assert want(ahead=0) == 1  # at least one ahead
+    assert want("down") == 0 and want("down", probe_due=True) == 1  # one probe at a time
+    assert want("down", in_flight=1, probe_due=True) == 0
+    assert want("off", probe_due=True) == 0

@@ -240,7 +240,7 @@ def test_resume_takes_in_the_kept_proposals_and_buys_none_again(experiment, tmp_
         return len(list((run / "proposals").glob("*.json")))
 
     assert kept_reach(2) == 2
-    searcher.llm.pump(searcher)  # takes those 2 in (audited), asks for 2 more
+    searcher.agent_turn()  # takes those 2 in (audited), asks for 2 more
     assert len(audit.read(run)) == 2 and len(searcher.llm.ready) == 2
     assert kept_reach(4) == 4
     searcher.close()  # the driver dies with 2 replies it never took in and 2 children it never trained

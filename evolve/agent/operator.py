@@ -1,10 +1,14 @@
 """The LLM operator as the searcher drives it: pipeline, fallback, budget, notebook.
 
-Lives on the searcher's thread. Each `take` first absorbs the proposals
-the agent finished (audit rows written, tokens counted, accepted children
-queued as ready) and tops up the requests in flight, so that by the time a
-trial slot frees up a checked child is usually waiting. It answers with a
-ready child, WAIT (a slot may wait up to `operator.wait_s` for the agent),
+Lives on the searcher's thread, and is given plain data, never the
+searcher: the ids of the variants already known, how many children the
+budget still allows, and for each new request a `Brief` (the parent and the
+inspirations as the prompt shows them). On each turn the searcher has it
+`absorb` the proposals the agent finished (audit rows written, tokens
+counted, accepted children queued as ready), asks how many requests it
+`wants`, and `submit`s that many briefs, so that by the time a trial slot
+frees up a checked child is usually waiting. `take` answers with a ready
+child, WAIT (a slot may wait up to `operator.wait_s` for the agent),
 HEURISTIC (the searcher's own operator writes this child) or DONE (the
 `budget.llm_tokens` is spent and nothing is left in flight).
 
@@ -17,9 +21,10 @@ logged once.
 
 from __future__ import annotations
 
-import heapq
+import random
 import time
 from collections import Counter, deque
+from dataclasses import dataclass
 from pathlib import Path
 
 from evolve.agent import audit, notebook, outbox
@@ -29,7 +34,6 @@ from evolve.agent.prompts import Candidate, child_messages, notebook_messages, p
 from evolve.agent.replies import ReplyCache
 from evolve.agent.writer import Agent, Outcome, Request
 from evolve.record.store import Store
-from evolve.search import selection as pop
 from evolve.spec import model_entries
 from evolve.variant import Variant
 
@@ -39,9 +43,21 @@ WAIT, HEURISTIC, DONE = "wait", "heuristic", "done"
 RECENT_FAILURES = 3  # failure reasons shown in a prompt
 
 
+@dataclass(frozen=True)
+class Brief:
+    """What the searcher hands the agent for one child: plain data, chosen by the searcher."""
+
+    parent: Candidate
+    parent_files: dict  # path -> bytes: every file of the parent, the sealed ones included
+    inspirations: tuple  # of Candidate: strong variants other than the parent
+    island: int
+
+
 class LLMOperator:
-    def __init__(self, spec, context: dict, log=print):
+    def __init__(self, spec, context: dict, mutable: list[str], sealed_in_scaffold: list[str], log=print):
         self.spec, self.op, self.context = spec, spec.operator, context
+        self.mutable, self.sealed_in_scaffold = list(mutable), list(sealed_in_scaffold)
+        self.rng = random.Random(spec.seed)  # which model writes each request
         self.entries = model_entries(spec.operator)
         hold_keys(e["api_key_env"] for e in self.entries)  # before anything starts a process
         self.state = "ok" if self.entries else "off"
@@ -57,7 +73,7 @@ class LLMOperator:
         self.events: list[dict] = []  # since the last notebook update
         self.n_requests = 0
         self.absorbed: set[str] = set()  # proposal ids taken in (see `restore`)
-        self.n_child_requests = 0  # drives the islands' round robin
+        self.n_child_requests = 0
         self.waiting_since: float | None = None
         self.last_probe = 0.0
         self.said: set[str] = set()
@@ -72,6 +88,7 @@ class LLMOperator:
     def __setstate__(self, state):
         self.__dict__.update(state)
         self.log = self.log or print
+        self.__dict__.setdefault("rng", random.Random(self.spec.seed))  # a state saved before the agent had its own
         self.waiting_since = None  # a monotonic time from another process means nothing here
 
     def say_once(self, key: str, text: str) -> None:
@@ -85,15 +102,18 @@ class LLMOperator:
             self.say_once("off", "evolve: operator.kind is llm but no endpoint is configured "
                                  "(operator.base_url is empty); the heuristic operator writes every child")
 
-    def take(self, s) -> Variant | str:
-        """Returns a checked child for the next trial, or WAIT, HEURISTIC or DONE."""
-        self.pump(s)
+    @property
+    def store(self) -> Store:
+        return Store(self.context["run_dir"])
+
+    def take(self, known: frozenset) -> Variant | str:
+        """Returns a checked child for the next trial, or WAIT, HEURISTIC or DONE; `known`: the variants admitted."""
         while self.ready:
             child = self.ready.popleft()
-            if child.id in s.variants:  # the heuristic reached the same files first
+            if child.id in known:  # the heuristic reached the same files first
                 self.rejections["duplicate"] += 1
                 self.accepted -= 1
-                audit.append(s.store.root, [{
+                audit.append(self.store.root, [{
                     "proposal_id": child.record["proposal_id"], "purpose": "child", "attempt": -1,
                     "parent_id": child.parents[0], "outcome": "rejected", "stage": "duplicate",
                     "reason": f"variant {child.id} was trained before this proposal's turn came",
@@ -133,19 +153,16 @@ class LLMOperator:
             self.wait_seconds += time.monotonic() - self.waiting_since
             self.waiting_since = None
 
-    def on_result(self, s, vid: str, outcome: dict) -> None:
+    def on_result(self, vid: str, parent_id: str | None, change: str, outcome: dict,
+                  parent_fitness: float | None) -> None:
         """Notes a finished trial for the notebook and the prompts' failure list."""
-        v = s.variants[vid]
-        parent = s.results.get(v.parents[0]) if v.parents else None
-        event = {"variant": vid, "parent": v.parents[0] if v.parents else None,
-                 "change": (v.record.get("rationale") or v.operator)[:300], "status": outcome["status"],
-                 s.spec.objective.metric: outcome.get("fitness"),
-                 f"parent_{s.spec.objective.metric}": parent["fitness"] if parent else None}
+        metric = self.spec.objective.metric
+        event = {"variant": vid, "parent": parent_id, "change": change[:300], "status": outcome["status"],
+                 metric: outcome.get("fitness"), f"parent_{metric}": parent_fitness}
         if outcome["status"] != "completed":
             event["reason"] = (outcome.get("failure_reason") or "")[:300]
             self.recent_failures.append(f"{vid} (trained, failed): {event['reason']}")
         self.events.append(event)
-        self.pump(s)
 
     # -- the pipeline ---------------------------------------------------------------
     @property
@@ -169,36 +186,38 @@ class LLMOperator:
     def spent(self) -> bool:
         return 0 < self.spec.budget.llm_tokens <= self.tokens()
 
-    def pump(self, s) -> None:
-        """Absorbs finished proposals, then tops up the requests in flight."""
+    def absorb(self, known: frozenset) -> None:
+        """Takes in the proposals the agent finished since the last turn."""
         if self.state == "off":
             return
         for outcome in self.agent.poll():
-            self._absorb(s, outcome)
-        if self.spent():
+            self._absorb(known, outcome)
+
+    def wants(self, left: int) -> int:
+        """How many new child requests to submit now; `left`: children the budget allows beyond those suggested."""
+        if self.state == "off" or self.spent():
+            return 0
+        return requests_wanted(self.state, self.agent.in_flight("child"), len(self.ready), left, self.op.parallel,
+                               self.op.ahead, time.monotonic() - self.last_probe >= self.op.probe_every_s)
+
+    def submit(self, briefs: list[Brief], known: frozenset) -> None:
+        """Sends a child request for each brief, then the notebook's when it is due."""
+        if self.state == "off":
             return
-        in_flight = self.agent.in_flight("child")
-        if self.state == "down":
-            if in_flight == 0 and time.monotonic() - self.last_probe >= self.op.probe_every_s:
+        for brief in briefs:
+            if self.state == "down":
                 self.last_probe = time.monotonic()
-                self._submit(self._child_request(s))
-            return
-        pending_seed = 1 if s._pending_seed is not None else 0
-        left = s.spec.budget.trials - s.n_suggested - pending_seed - len(self.ready) - in_flight
-        while (in_flight < self.op.parallel and len(self.ready) + in_flight < max(1, self.op.ahead)
-               and left > 0):
-            self._submit(self._child_request(s))
-            in_flight, left = in_flight + 1, left - 1
-        if (self.op.notebook_every and len([e for e in self.events if "variant" in e]) >= self.op.notebook_every
-                and not self.agent.in_flight("notebook")):
-            self._submit(self._notebook_request(s))
+            self._submit(self._child_request(brief, known))
+        if (not self.spent() and self.op.notebook_every and not self.agent.in_flight("notebook")
+                and len([e for e in self.events if "variant" in e]) >= self.op.notebook_every):
+            self._submit(self._notebook_request())
 
     def _submit(self, req: Request) -> None:
         self.n_requests += 1
         self.n_child_requests += req.purpose == "child"
         self.agent.submit(req)
 
-    def restore(self, s) -> int:
+    def restore(self, known: frozenset) -> int:
         """Takes in the proposals the agent finished after the snapshot this state was restored from.
 
         They are kept in proposals/ (see `evolve.agent.outbox`); each is taken in
@@ -206,16 +225,16 @@ class LLMOperator:
         and its audit rows are written only if they were not before the
         kill. Returns how many were taken in.
         """
-        self.ready = deque(c for c in self.ready if c.id not in s.variants)  # trained since the snapshot
-        audited = set(audit.read(s.store.root).column("proposal_id").to_pylist())
-        outs, bad = outbox.load(s.store, skip=self.absorbed)
+        self.ready = deque(c for c in self.ready if c.id not in known)  # trained since the snapshot
+        audited = set(audit.read(self.store.root).column("proposal_id").to_pylist())
+        outs, bad = outbox.load(self.store, skip=self.absorbed)
         for line in bad:
             self.log(f"evolve: warning: {line}")
         for out in outs:
-            self._absorb(s, out, audited=out.request.proposal_id in audited)
+            self._absorb(known, out, audited=out.request.proposal_id in audited)
         return len(outs)
 
-    def _absorb(self, s, out: Outcome, audited: bool = False) -> None:
+    def _absorb(self, known: frozenset, out: Outcome, audited: bool = False) -> None:
         """Takes in one finished proposal; `audited`: its audit rows exist already (a resume)."""
         req = out.request
         self.absorbed.add(req.proposal_id)
@@ -228,7 +247,7 @@ class LLMOperator:
             if out.ok:
                 self.notebook_version += 1
                 self.notebook_text = out.text
-                notebook.save(s.store, self.notebook_version, out.text, req.proposal_id,
+                notebook.save(self.store, self.notebook_version, out.text, req.proposal_id,
                               out.calls[-1]["model"])
         elif out.ok:
             record = {"kind": "llm", "rationale": out.rationale, "changes": out.changes,
@@ -237,13 +256,13 @@ class LLMOperator:
                       "price": out.price, "latency_s": round(out.latency_s, 3),
                       "repairs": len(out.calls) - 1, "notebook_version": req.notebook_version,
                       "smoke_seconds": out.smoke_seconds}
-            child = Variant(files=s.store.put_files(out.files), parents=(req.parent_id,),
+            child = Variant(files=self.store.put_files(out.files), parents=(req.parent_id,),
                             operator="llm", record=record, island=req.island)
-            if audited and child.id in s.variants:  # accepted, then trained, after the snapshot
+            if audited and child.id in known:  # accepted, then trained, after the snapshot
                 self.accepted += 1
                 self.failures_in_row = 0
                 return
-            if child.id in s.variants or any(child.id == r.id for r in self.ready):
+            if child.id in known or any(child.id == r.id for r in self.ready):
                 out = Outcome(req, False, "duplicate", f"the child is identical to variant {child.id}",
                               calls=out.calls)
                 child = None
@@ -251,13 +270,14 @@ class LLMOperator:
                 self.ready.append(child)
                 self.accepted += 1
         if not audited:
-            self._write_audit(s, out, child)
+            self._write_audit(out, child)
         if req.purpose == "notebook":
             return
-        if out.ok and child is not None:
-            self.failures_in_row = 0
-            if self.state == "down":
-                self.state = "ok"
+        accepted = out.ok and child is not None
+        self.failures_in_row = 0 if accepted else self.failures_in_row + 1
+        before, self.state = self.state, agent_state(self.state, accepted, self.failures_in_row, self.op.max_failures)
+        if accepted:
+            if before == "down":
                 self.said.discard("down")
                 self.log("evolve: the LLM operator answers again; it writes children from now on")
             return
@@ -266,14 +286,12 @@ class LLMOperator:
         if out.stage != "endpoint":
             self.recent_failures.append(f"a proposal {reason}"[:400])
         self.events.append({"rejected_at": out.stage, "reason": (out.reason or "")[:300]})
-        self.failures_in_row += 1
-        if self.state == "ok" and self.failures_in_row >= self.op.max_failures:
-            self.state = "down"
+        if before == "ok" and self.state == "down":
             self.last_probe = time.monotonic()
             self.say_once("down", f"evolve: the LLM operator failed {self.failures_in_row} times in a row "
                                   f"(last: {reason}); the heuristic operator takes over until it recovers")
 
-    def _write_audit(self, s, out: Outcome, child: Variant | None) -> None:
+    def _write_audit(self, out: Outcome, child: Variant | None) -> None:
         req, now = out.request, time.time()
         rows = [{**call, "proposal_id": req.proposal_id, "purpose": req.purpose,
                  "parent_id": req.parent_id, "variant_id": child.id if child else None,
@@ -291,40 +309,27 @@ class LLMOperator:
                      "completion_tokens": 0, "latency_s": 0.0, "price": 0.0, "prompt_hash": req.prompt_hash,
                      "notebook_version": req.notebook_version, "created_at": req.created_at,
                      "finished_at": now}]
-        audit.append(s.store.root, rows)
+        audit.append(self.store.root, rows)
 
     # -- requests ---------------------------------------------------------------------
-    def candidate(self, s, vid: str) -> Candidate:
-        files = s.store.read_files(s.variants[vid])
-        shown = {p: files[p].decode("utf-8", "replace") for p in s.mutable if p in files}
-        r = s.results.get(vid) or {}
-        speed = {k: r[k] for k in ("tokens_per_s", "mfu", "trial_seconds") if r.get(k) is not None}
-        return Candidate(vid, shown, r.get("fitness"), r.get("curve") or [], r.get("metrics") or {},
-                         s.variants[vid].record.get("rationale", ""), speed)
-
-    def _child_request(self, s) -> Request:
-        island = pop.island_for(self.n_child_requests, len(s.islands))
-        parent = pop.select_parents(s.rng, s._members(island), s.spec.selection.tournament, 1)[0]
-        ranked = heapq.nsmallest(self.op.inspirations + 1, ((-sc, v) for v, sc in s.scores.items()))
-        ranked = [(-neg, v) for neg, v in ranked if v != parent]
-        others = [self.candidate(s, v) for _, v in ranked[: self.op.inspirations]]
-        messages = child_messages(self.candidate(s, parent), others, list(self.recent_failures),
-                                  self.notebook_text, s.spec.objective.metric, s.spec.objective.mode,
-                                  sealed=tuple(s.sealed_in_scaffold))
+    def _child_request(self, brief: Brief, known: frozenset) -> Request:
+        messages = child_messages(brief.parent, list(brief.inspirations), list(self.recent_failures),
+                                  self.notebook_text, self.spec.objective.metric, self.spec.objective.mode,
+                                  sealed=tuple(self.sealed_in_scaffold))
         h = prompt_hash(messages)
-        known = frozenset(s.variants) | {r.id for r in self.ready}
         return Request(proposal_id=f"{self.n_requests:05d}-{h[:8]}", purpose="child", messages=messages,
-                       model=pick(s.rng, self.entries), prompt_hash=h, parent_id=parent, island=island,
-                       parent_files=s.store.read_files(s.variants[parent]), mutable=list(s.mutable),
-                       sealed=list(s.spec.sealed) + list(s.sealed_in_scaffold), known_ids=known,
+                       model=pick(self.rng, self.entries), prompt_hash=h, parent_id=brief.parent.variant_id,
+                       island=brief.island, parent_files=brief.parent_files, mutable=list(self.mutable),
+                       sealed=list(self.spec.sealed) + list(self.sealed_in_scaffold),
+                       known_ids=known | {r.id for r in self.ready},
                        repair_rounds=self.op.repair_rounds, notebook_version=self.notebook_version)
 
-    def _notebook_request(self, s) -> Request:
+    def _notebook_request(self) -> Request:
         events, self.events = self.events, []
         messages = notebook_messages(self.notebook_text, events)
         h = prompt_hash(messages)
         return Request(proposal_id=f"{self.n_requests:05d}-{h[:8]}", purpose="notebook",
-                       messages=messages, model=pick(s.rng, self.entries), prompt_hash=h,
+                       messages=messages, model=pick(self.rng, self.entries), prompt_hash=h,
                        notebook_version=self.notebook_version)
 
     def _smoke(self, req: Request, files: dict) -> float:
@@ -349,3 +354,33 @@ class LLMOperator:
                 f"completion tokens{cost}; free slots waited {self.wait_seconds:.0f} s for it, "
                 f"{self.heuristic_fills} filled by the heuristic operator instead; "
                 f"notebook version {self.notebook_version}")
+
+
+def requests_wanted(state: str, in_flight: int, ready: int, left: int, parallel: int, ahead: int,
+                    probe_due: bool) -> int:
+    """How many child requests to add to those in flight (pure).
+
+    "ok": enough to keep `parallel` in flight and `ahead` children ready or
+    coming, never more than the budget has left. "down": one probe, when
+    nothing is in flight and the probe interval has passed. "off": none.
+    """
+    if state == "down":
+        return 1 if in_flight == 0 and probe_due else 0
+    if state != "ok":
+        return 0
+    return max(0, min(parallel - in_flight, max(1, ahead) - ready - in_flight, left - ready - in_flight))
+
+
+def agent_state(state: str, accepted: bool, failures_in_row: int, max_failures: int) -> str:
+    """The agent's state after one finished proposal (pure).
+
+    "off" (no endpoint) is for good. An accepted child makes it "ok" again;
+    `max_failures` failures in a row (endpoint errors and rejected replies
+    alike) take an "ok" agent "down", where the heuristic operator writes
+    children and one probe at a time tests the agent.
+    """
+    if state == "off":
+        return "off"
+    if accepted:
+        return "ok"
+    return "down" if state == "ok" and failures_in_row >= max_failures else state

@@ -7,6 +7,7 @@ finished trial is written to the store before the searcher counts it.
 
 from __future__ import annotations
 
+import heapq
 import json
 import math
 import pickle
@@ -16,7 +17,8 @@ from pathlib import Path
 
 from ray.tune.search import Searcher
 
-from evolve.agent.operator import DONE, WAIT, LLMOperator
+from evolve.agent.operator import DONE, WAIT, Brief, LLMOperator
+from evolve.agent.prompts import Candidate
 from evolve.record.seals import sealed_paths, surface_violations
 from evolve.record.store import Store, atomic_write, parsed
 from evolve.search import confirm
@@ -65,11 +67,13 @@ class EvolveSearcher(Searcher):
                        record={"kind": "seed", "rationale": "the scaffold as written"})
         self.seed_id = seed.id
         self._pending_seed = seed
-        self.llm = LLMOperator(spec, trial_context, log) if spec.operator.kind == "llm" else None
+        self.n_briefs = 0  # drives the islands' round robin of the agent's requests
+        self.llm = (LLMOperator(spec, trial_context, self.mutable, self.sealed_in_scaffold, log)
+                    if spec.operator.kind == "llm" else None)
         if self.llm is not None:  # the agent starts on the seed's children before Tune starts
             self._admit(seed)
             self.llm.start()
-            self.llm.pump(self)
+            self.agent_turn()
 
     # -- Tune's contract -------------------------------------------------------
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
@@ -81,7 +85,9 @@ class EvolveSearcher(Searcher):
         if self._pending_seed is not None:
             child, self._pending_seed = self._pending_seed, None
         else:
-            got = self.llm.take(self) if self.llm is not None else None
+            if self.llm is not None:
+                self.agent_turn()
+            got = self.llm.take(frozenset(self.variants)) if self.llm is not None else None
             if got == WAIT:
                 return None  # Tune asks again shortly; the agent is writing
             if got == DONE:
@@ -96,7 +102,7 @@ class EvolveSearcher(Searcher):
         self.live[trial_id] = child.id
         self.n_suggested += 1
         if self.llm is not None:
-            self.llm.pump(self)  # keep the agent writing ahead of the next free slot
+            self.agent_turn()  # keep the agent writing ahead of the next free slot
         return self._trial_config(child.id, trial_id)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -191,7 +197,7 @@ class EvolveSearcher(Searcher):
         if absorbed:
             self.log(f"evolve: resume: {absorbed} result(s) recorded after Tune's last snapshot taken from the store")
         if self.llm is not None:
-            kept = self.llm.restore(self)
+            kept = self.llm.restore(frozenset(self.variants))
             if kept:
                 self.log(f"evolve: resume: {kept} proposal(s) the agent finished after Tune's last snapshot "
                          f"taken from proposals/ (not asked for again)")
@@ -203,9 +209,38 @@ class EvolveSearcher(Searcher):
 
     def __setstate__(self, state):
         self.__dict__.update(state)
+        if "n_briefs" not in state:  # a state saved when the agent kept this count itself
+            self.n_briefs = getattr(self.llm, "n_child_requests", 0) if self.llm is not None else 0
         self.log = self.log or print
         if getattr(self, "llm", None) is not None:
             self.llm.log = self.log
+
+    # -- the agent: plain data out, children back -------------------------------------
+    def agent_turn(self) -> None:
+        """Has the LLM operator take in its finished proposals, then hands it a brief per request it wants."""
+        known = frozenset(self.variants)
+        self.llm.absorb(known)
+        left = self.spec.budget.trials - self.n_suggested - (self._pending_seed is not None)
+        self.llm.submit([self._brief() for _ in range(self.llm.wants(left))], known)
+
+    def _brief(self) -> Brief:
+        """The parent (a tournament on the next island in turn) and the inspirations for one request."""
+        island = pop.island_for(self.n_briefs, len(self.islands))
+        self.n_briefs += 1
+        parent = pop.select_parents(self.rng, self._members(island), self.spec.selection.tournament, 1)[0]
+        k = self.spec.operator.inspirations
+        best = [v for _, v in heapq.nsmallest(k + 1, ((-sc, v) for v, sc in self.scores.items())) if v != parent]
+        return Brief(parent=self.candidate(parent), parent_files=self.store.read_files(self.variants[parent]),
+                     inspirations=tuple(self.candidate(v) for v in best[:k]), island=island)
+
+    def candidate(self, vid: str) -> Candidate:
+        """A variant as a prompt shows it: its mutable files, fitness, curve, metrics, rationale and speed."""
+        files = self.store.read_files(self.variants[vid])
+        shown = {p: files[p].decode("utf-8", "replace") for p in self.mutable if p in files}
+        r = self.results.get(vid) or {}
+        speed = {k: r[k] for k in ("tokens_per_s", "mfu", "trial_seconds") if r.get(k) is not None}
+        return Candidate(vid, shown, r.get("fitness"), r.get("curve") or [], r.get("metrics") or {},
+                         self.variants[vid].record.get("rationale", ""), speed)
 
     # -- population ------------------------------------------------------------
     def _members(self, island: int) -> list[tuple[str, float]]:
@@ -271,7 +306,11 @@ class EvolveSearcher(Searcher):
         self._count(vid, row)
         self.log(self._result_line(vid, outcome))
         if self.llm is not None:
-            self.llm.on_result(self, vid, outcome)
+            v = self.variants[vid]
+            parent = self.results.get(v.parents[0]) if v.parents else None
+            self.llm.on_result(vid, v.parents[0] if v.parents else None, v.record.get("rationale") or v.operator,
+                               outcome, parent["fitness"] if parent else None)
+            self.agent_turn()
 
     def _count(self, vid: str, row: dict) -> None:
         """Takes a recorded result into the searcher's state (scores, best, islands, migration)."""
