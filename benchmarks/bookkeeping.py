@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from evolve.spec import load_spec  # noqa: E402
-from evolve.driver import scaffold_files  # noqa: E402
+from evolve.driver import scaffold_files, trial_context  # noqa: E402
 from evolve.search.searcher import EvolveSearcher  # noqa: E402
 from evolve.record.store import Store  # noqa: E402
 
@@ -44,7 +44,8 @@ def main() -> None:
     total = args.population + args.samples
     run = Path(tempfile.mkdtemp(prefix="evolve-bench-")) / "run"
     spec = load_spec(ROOT / "experiments" / "tiny_lm", [f"budget.trials={total}"])
-    s = EvolveSearcher(spec, Store(run), {"run_dir": str(run)}, scaffold_files(spec), log=lambda line: None)
+    s = EvolveSearcher(spec, Store(run), trial_context(spec, run, {}, None), scaffold_files(spec),
+                       log=lambda line: None)
     suggest_t, record_t = [], []
     t0 = time.time()
     for i in range(total):

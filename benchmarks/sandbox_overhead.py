@@ -30,6 +30,7 @@ from evolve.warm import zygote  # noqa: E402
 from evolve.spec import load_spec  # noqa: E402
 from evolve.driver import prepare_data  # noqa: E402
 from evolve.rank.sandbox import policy_for  # noqa: E402
+from evolve.messages import TrialConfig  # noqa: E402
 
 SEARCH = "benchmark-sandbox-overhead"
 KINDS = ("off", "full", "unprivileged")
@@ -63,8 +64,9 @@ def main() -> None:
             for kind in KINDS:
                 out = tmp / "calls" / f"{kind}-{i}"
                 out.mkdir(parents=True)
-                config = {"sandbox": base(kind, run), "data_dir": str(run / "data"), "variant_dir": str(variant),
-                          "run_dir": str(run)}
+                config = TrialConfig(variant_dir=str(variant), out_dir=str(out), data_dir=str(run / "data"),
+                                     task=spec.task, seed=0, train_tokens=args.tokens, run_dir=str(run),
+                                     sandbox=base(kind, run))
                 t0 = time.perf_counter()
                 got = zygote.call("tests.zygote_targets:walls", {}, sandbox=policy_for(config, str(out)),
                                   search=SEARCH)
@@ -75,10 +77,10 @@ def main() -> None:
             for kind in KINDS:
                 out = tmp / "train" / f"{kind}-{i}"
                 out.mkdir(parents=True)
-                config = {"seed": 0, "task": spec.task, "data_dir": str(run / "data"), "variant_dir": str(variant),
-                          "run_dir": str(run), "out_dir": str(out), "train_tokens": args.tokens, "report_every": 10,
-                          "checkpoint_tokens": 0, "sandbox": base(kind, run)}
-                summary = zygote.call("evolve.rank.entry:solo_rank", {"config": config}, env=ENV,
+                config = TrialConfig(variant_dir=str(variant), out_dir=str(out), data_dir=str(run / "data"),
+                                     task=spec.task, seed=0, train_tokens=args.tokens, run_dir=str(run),
+                                     sandbox=base(kind, run))
+                summary = zygote.call("evolve.rank.entry:solo_rank", {"config": config.to_dict()}, env=ENV,
                                       sandbox=policy_for(config, str(out)), search=SEARCH)
                 rates[kind].append(summary["tokens_trained"] / summary["train_seconds"])
     finally:

@@ -19,6 +19,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import yaml
 
+from evolve.messages import split_tokens
 from evolve.record import mirror
 from evolve.record.seals import hash_files, sealed_paths
 from evolve.record.store import Store, atomic_write
@@ -149,7 +150,13 @@ def prepare_run(spec: Spec, run_dir: Path, log=print) -> tuple[dict, dict]:
     walls = sandbox_policy(spec, run_dir, log)
     if spec.trial.gpus_per_worker == 0:
         load_cpu_comm_op()  # built once here, before trials race to
-    context = {
+    return meta, trial_context(spec, run_dir, sealed, walls)
+
+
+def trial_context(spec: Spec, run_dir: Path, sealed: dict, walls: dict | None) -> dict:
+    """The fields every trial's config carries (`evolve.messages.TrialConfig`), from the spec (pure)."""
+    run_dir = Path(run_dir)
+    return {
         "experiment_root": str(spec.root), "run_dir": str(run_dir), "data_dir": str(run_dir / "data"),
         "task": spec.task, "trainer": spec.trainer,
         "sealed": sealed, "metric": spec.objective.metric, "seed": spec.seed,
@@ -163,7 +170,6 @@ def prepare_run(spec: Spec, run_dir: Path, log=print) -> tuple[dict, dict]:
                       "gpus_per_worker": spec.trial.gpus_per_worker,
                       "placement": spec.trial.placement},
     }
-    return meta, context
 
 
 def make_scheduler(spec: Spec):
@@ -213,7 +219,7 @@ def run_search(spec: Spec, run_dir: str | os.PathLike, log=print, verbose: int =
     meta, context = prepare_run(spec, run_dir, log)
     store = Store(run_dir)
     log(f"evolve: {spec.name}: {spec.budget.trials} trials, {spec.budget.concurrent} at once, "
-        f"{spec.budget.train_tokens:,} tokens each ({meta['train_tokens']:,} training bytes); "
+        f"{spec.budget.train_tokens:,} tokens each ({split_tokens(meta):,} in the training split); "
         f"run kept in {run_dir}")
     init_ray(spec, num_cpus=os.cpu_count())
     # The searcher comes after Ray (its smoke runs are Ray tasks) and before

@@ -185,5 +185,5 @@ def _check(value, hint, where: str):
             return value
         if option in (str, bool, dict) and type(value) is option:
             return value
-    names = " or ".join(getattr(o, "__name__", str(o)) for o in options)
+    names = " or ".join(getattr(o, "__name__", str(o)) for o in options if o is not type(None))
     raise RecordError(f"{where}: expected {names}, got {type(value).__name__} {str(value)[:60]!r}")

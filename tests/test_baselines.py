@@ -54,13 +54,14 @@ def test_pbt_trains_from_checkpoints_and_records_its_trials(tmp_path):
 
 @pytest.mark.unit
 def test_pbt_perturbs_choices_by_list_and_keeps_numbers_in_bounds(experiment):
-    from evolve.search.baselines import pbt_scheduler, within_limits
+    from evolve.search.baselines import pbt_mutations, within_limits
 
     spec = load_spec(experiment)
     space = search_space(spec, (experiment / "scaffold" / "config.yaml").read_text())
-    pbt = pbt_scheduler(spec, space)
-    assert pbt._hyperparam_mutations["schedule"] == ["cosine", "linear", "constant"]
-    assert "n_layer" not in pbt._hyperparam_mutations and "seq_len" not in pbt._hyperparam_mutations
+    mutations, bounds = pbt_mutations(space)
+    assert mutations["schedule"] == ["cosine", "linear", "constant"]
+    assert "n_layer" not in mutations and "seq_len" not in mutations
+    assert "schedule" not in bounds and bounds["batch_size"][2] is True  # an integer stays whole
     limits = {"batch_size": (4, 64, True), "warmup_frac": (0.0, 0.5, False)}
     out = within_limits({"batch_size": 76.8, "warmup_frac": 0.6, "lr": 2.0}, limits)
     assert out == {"batch_size": 64, "warmup_frac": 0.5, "lr": 2.0}

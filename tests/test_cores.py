@@ -3,6 +3,7 @@
 import pytest
 
 from evolve.agent.operator import agent_state, requests_wanted
+from evolve.messages import TrialOutcome
 from evolve.rank.lm import RecipeError, plan_steps
 from evolve.trial.slots import LOST
 from evolve.trial.train import TrialLost, outcome
@@ -22,12 +23,12 @@ def test_the_budget_buys_whole_optimizer_steps():
 
 def test_a_trial_outcome_follows_its_ranks_then_its_evaluation():
     done = outcome({}, {"curve": [1]}, {"heldout_loss": 2.5}, None, "heldout_loss")
-    assert done == {"status": "completed", "failure_reason": None, "summary": {"curve": [1]},
-                    "metrics": {"heldout_loss": 2.5}, "fitness": 2.5}
+    assert done == TrialOutcome("completed", fitness=2.5, summary={"curve": [1]}, metrics={"heldout_loss": 2.5})
     failed = outcome({1: "RecipeError: bad", 0: "cancelled"}, {}, None, None, "heldout_loss")
-    assert failed == {"status": "failed", "failure_reason": "RecipeError: bad", "summary": {}}
+    assert failed == TrialOutcome("failed", failure_reason="RecipeError: bad")
     refused = outcome({}, {"curve": []}, None, "EvaluationError: not a plain file", "heldout_loss")
-    assert refused["status"] == "failed" and refused["failure_reason"] == "sealed evaluation: EvaluationError: not a plain file"
+    assert refused.status == "failed" and refused.failure_reason == "sealed evaluation: EvaluationError: not a plain file"
+    assert refused.summary == {"curve": []}
     with pytest.raises(TrialLost, match="^the node went away$"):
         outcome({0: LOST + "the node went away"}, {}, None, None, "heldout_loss")
 

@@ -14,7 +14,7 @@ from ray.tune.search import Searcher
 from evolve.agent import audit, notebook
 from evolve.read.population import load_population
 from evolve.spec import load_spec
-from evolve.driver import scaffold_files
+from evolve.driver import scaffold_files, trial_context
 from evolve.search.searcher import EvolveSearcher
 from evolve.record.store import Store
 from tests.agent_replies import EMPTY, MALFORMED, NOTEBOOK_TEXT, OUTSIDE_EDIT, SEALED_EDIT, counting_responder, lr_edit
@@ -35,7 +35,7 @@ def make(experiment, tmp_path, server_url, *overrides):
     spec = load_spec(experiment, FAST + [f"operator.base_url={server_url}", *overrides])
     lines = []
     run = tmp_path / "run"
-    searcher = EvolveSearcher(spec, Store(run), {"run_dir": str(run)}, scaffold_files(spec), log=lines.append)
+    searcher = EvolveSearcher(spec, Store(run), trial_context(spec, run, {}, None), scaffold_files(spec), log=lines.append)
     return searcher, lines, run
 
 
@@ -142,7 +142,7 @@ def test_fallback_to_heuristic_and_recovery(experiment, tmp_path, server):
 def test_no_endpoint_means_heuristic_said_once(experiment, tmp_path):
     spec = load_spec(experiment, ["operator.kind=llm", "budget.trials=3"])
     lines = []
-    s = EvolveSearcher(spec, Store(tmp_path / "run"), {"run_dir": str(tmp_path / "run")},
+    s = EvolveSearcher(spec, Store(tmp_path / "run"), trial_context(spec, tmp_path / "run", {}, None),
                        scaffold_files(spec), log=lines.append)
     configs = drive(s, 3)
     assert len(configs) == 3
@@ -216,7 +216,7 @@ def test_a_local_transformers_model_drives_the_operator(experiment, tmp_path, ti
                                   "operator.max_failures=2", "operator.probe_every_s=600",
                                   "operator.notebook_every=0", "budget.trials=4"])
     lines, run = [], tmp_path / "run"
-    s = EvolveSearcher(spec, Store(run), {"run_dir": str(run)}, scaffold_files(spec), log=lines.append)
+    s = EvolveSearcher(spec, Store(run), trial_context(spec, run, {}, None), scaffold_files(spec), log=lines.append)
     configs = drive(s, 4, deadline_s=120)
     assert len(configs) == 4
     table = audit.read(run).to_pandas()

@@ -6,7 +6,7 @@ from ray.tune.search import Searcher
 
 from evolve.read.population import load_population
 from evolve.spec import load_spec
-from evolve.driver import scaffold_files
+from evolve.driver import scaffold_files, trial_context
 from evolve.search.searcher import EvolveSearcher
 from evolve.record.store import Store
 
@@ -16,7 +16,8 @@ pytestmark = pytest.mark.unit
 def make(experiment, tmp_path, *overrides):
     spec = load_spec(experiment, ["budget.trials=8", "confirm.top=0", *overrides])
     store = Store(tmp_path / "run")
-    return EvolveSearcher(spec, store, {"ctx": 1}, scaffold_files(spec), log=lambda s: None), store
+    return EvolveSearcher(spec, store, trial_context(spec, store.root, {}, None), scaffold_files(spec),
+                          log=lambda s: None), store
 
 
 def finish(searcher, trial_id, config, fitness):
@@ -29,7 +30,7 @@ def finish(searcher, trial_id, config, fitness):
 def test_seed_first_then_children_until_budget(experiment, tmp_path):
     s, store = make(experiment, tmp_path)
     first = s.suggest("t0")
-    assert first["variant_id"] == s.seed_id and first["ctx"] == 1
+    assert first["variant_id"] == s.seed_id and first["train_tokens"] == s.spec.budget.train_tokens
     assert (tmp_path / "run" / "work" / s.seed_id / "recipe.py").is_file()
     ids = [first["variant_id"]]
     for i in range(1, 8):

@@ -379,7 +379,8 @@ def step_seed(res: dict, sandboxed: bool) -> None:
                 call("evolve.rank.entry:run_rank", {"config": config, "rank": 0, "world": 1},
                      env=rank_env(), log=str(out_dir / "rank0.log"),
                      recipe=str(Path(config["variant_dir"]) / "recipe.py"), on_report=points.append,
-                     timeout_s=STEP_TIMEOUT_S, sandbox=policy_for(config, str(out_dir)))
+                     timeout_s=STEP_TIMEOUT_S,
+                     sandbox=policy_for(api("evolve.messages:TrialConfig").from_dict(config), str(out_dir)))
             except Exception:
                 res["rank0_log_tail"] = tail(out_dir / "rank0.log")
                 res["zygote_log_tail"] = tail(zygote.socket_path().with_suffix(".log"), 10) \
@@ -449,8 +450,8 @@ def step_throughput(res: dict) -> None:
         # steady state = (long run - short run): drops set-up and the first steps' warm-up
         runs = []
         for steps in (TP_WARMUP, TP_WARMUP + TP_STEPS):
-            s = trainer(config)({**config, "smoke": True, "max_steps": steps}, 0, 1, Path(config["out_dir"]),
-                                lambda p: None)
+            typed = api("evolve.messages:TrialConfig").from_dict({**config, "smoke": True, "max_steps": steps})
+            s = trainer(typed)(typed, 0, 1, Path(config["out_dir"]), lambda p: None)
             runs.append(s)
         n_params = runs[-1]["n_params"]
         res.update(n_params=n_params, performance=runs[-1].get("performance"), notes=runs[-1].get("notes"),

@@ -24,6 +24,7 @@ from pathlib import Path
 import yaml
 
 from evolve.agent.edits import EditError, apply_edits, check_paths, parse_reply
+from evolve.messages import TrialConfig
 from evolve.rank.sandbox import policy_for
 from evolve.record.seals import surface_violations
 from evolve.variant import content_hash, variant_id
@@ -120,15 +121,15 @@ def smoke_run(files: dict[str, bytes], context: dict, work_dir: str, steps: int,
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
         out_dir.mkdir(parents=True, exist_ok=True)
-        config = {**context, "variant_dir": str(variant_dir), "out_dir": str(out_dir),
-                  "max_steps": steps}
+        config = TrialConfig.from_dict({**context, "variant_dir": str(variant_dir), "out_dir": str(out_dir),
+                                        "max_steps": steps})
         seen = []
         try:
-            result = zygote.call("evolve.rank.entry:smoke_rank", {"config": config},
+            result = zygote.call("evolve.rank.entry:smoke_rank", {"config": config.to_dict()},
                                  env={"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"},
                                  log=str(work / "smoke.log"), recipe=str(variant_dir / "recipe.py"),
                                  on_report=seen.append, timeout_s=timeout_s,
-                                 sandbox=policy_for(config, str(out_dir)), search=context.get("search", ""))
+                                 sandbox=policy_for(config, str(out_dir)), search=config.search)
         except zygote.ChildFailed as e:
             raise Rejected("smoke" if seen else "import", str(e)) from None
         return float(result["seconds"])

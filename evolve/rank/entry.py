@@ -15,6 +15,7 @@ import socket
 import time
 from pathlib import Path
 
+from evolve.messages import Resources, TrialConfig
 from evolve.rank import lm, rl
 
 # torch and DeepSpeed are imported inside the entry points: the zygote imports this module before it
@@ -26,8 +27,9 @@ def run_rank(report, config: dict, rank: int, world: int) -> None:
     import torch
     import torch.distributed as dist
 
-    torch.set_num_threads(max(1, int(config["resources"]["cpus_per_worker"])))
-    backend = "nccl" if config["resources"]["gpus_per_worker"] > 0 else "gloo"
+    config = TrialConfig.from_dict(config)  # checked: it crossed the zygote's socket
+    torch.set_num_threads(max(1, int(config.resources.cpus_per_worker)))
+    backend = "nccl" if config.resources.gpus_per_worker > 0 else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         # every NCCL connection at the communicator's start, before the sandbox's filter (see below)
@@ -35,14 +37,14 @@ def run_rank(report, config: dict, rank: int, world: int) -> None:
     dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world)
     _init_deepspeed_comm(backend)
     try:
-        trainer(config)(config, rank, world, Path(config["out_dir"]), report)
+        trainer(config)(config, rank, world, Path(config.out_dir), report)
     finally:
         dist.destroy_process_group()
 
 
-def trainer(config: dict):
+def trainer(config: TrialConfig):
     """Returns the training loop the experiment's `trainer` names: next-token ("lm") or RL ("rl")."""
-    return rl.train if config.get("trainer", "lm") == "rl" else lm.train
+    return rl.train if config.trainer == "rl" else lm.train
 
 
 def _init_deepspeed_comm(backend: str) -> None:
@@ -70,17 +72,17 @@ def _init_deepspeed_comm(backend: str) -> None:
 
 
 def smoke_rank(report, config: dict) -> dict:
-    """Runs a variant for `config["max_steps"]` optimizer steps as one CPU rank; nothing is kept.
+    """Runs a variant for the config's `max_steps` optimizer steps as one CPU rank; nothing is kept.
 
     Reports {"imported": True} once the recipe has imported, so a caller
     can tell an import failure from a failure in training.
     """
     t0 = time.time()
-    solo_rank(report, {**config, "smoke": True})
+    solo_rank(report, TrialConfig.from_dict(config).replace(smoke=True))
     return {"seconds": time.time() - t0}
 
 
-def solo_rank(report, config: dict) -> dict:
+def solo_rank(report, config: dict | TrialConfig) -> dict:
     """Trains a variant as a world of one CPU rank in this process; returns the rank's summary."""
 
     import torch.distributed as dist
@@ -90,10 +92,12 @@ def solo_rank(report, config: dict) -> dict:
         port = s.getsockname()[1]
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1",
                       LOCAL_RANK="0")
-    config = {**config, "resources": {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0}}
+    if not isinstance(config, TrialConfig):
+        config = TrialConfig.from_dict(config)  # checked: it crossed the zygote's socket
+    config = config.replace(resources=Resources(workers=1, cpus_per_worker=1, gpus_per_worker=0))
     dist.init_process_group(backend="gloo", init_method="env://", rank=0, world_size=1)
     _init_deepspeed_comm("gloo")
     try:
-        return trainer(config)(config, 0, 1, Path(config["out_dir"]), report)
+        return trainer(config)(config, 0, 1, Path(config.out_dir), report)
     finally:
         dist.destroy_process_group()

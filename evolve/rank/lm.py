@@ -24,6 +24,7 @@ from pathlib import Path
 import yaml
 
 from evolve.errors import one_line
+from evolve.messages import TrialConfig
 from evolve.rank import mfu, performance, sandbox
 from evolve.spec import task_limit
 
@@ -224,14 +225,14 @@ class Speedometer:
     the trial's wall time still holds it.
     """
 
-    def __init__(self, model, n_params: int, context: int, config: dict, gpu: bool):
+    def __init__(self, model, n_params: int, context: int, config: TrialConfig, gpu: bool):
         import torch
 
         cfg = model.config
         wpe = model.transformer.wpe.weight.numel()
         self.flops_per_token = mfu.flops_per_token(n_params, wpe, cfg.n_layer, cfg.n_embd, context)
         self.device = torch.cuda.get_device_name() if gpu else "cpu"
-        self.peak = mfu.peak_tflops(self.device if gpu else None, config.get("peak_tflops") or None)
+        self.peak = mfu.peak_tflops(self.device if gpu else None, config.peak_tflops or None)
         self.tokens = self.seconds = 0.0
         self.since_tokens = self.since_seconds = 0.0
         self.first = True
@@ -287,37 +288,37 @@ def _same(a: dict, b: dict) -> bool:
     return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
 
 
-def train(config: dict, rank: int, world: int, out_dir: Path, report) -> dict:
+def train(config: TrialConfig, rank: int, world: int, out_dir: Path, report) -> dict:
     """The next-token training loop of one rank (the spec's `trainer: lm`); returns the rank's summary."""
 
     import deepspeed
     import torch
 
     t_setup = time.time()
-    torch.manual_seed(config["seed"] * 1000 + rank)
+    torch.manual_seed(config.seed * 1000 + rank)
     # The limits are read into numbers before any of the variant's code runs: nothing it does to
     # the dicts they came from changes them.
-    task = config["task"]
-    budget = int(config["train_tokens"])
+    task = config.task
+    budget = config.train_tokens
     param_cap, eval_seq = task_limit(task, "param_cap"), task_limit(task, "eval_seq_len")
-    dev_tokens, report_every = task_limit(task, "dev_tokens"), int(config["report_every"])
-    meta = json.loads((Path(config["data_dir"]) / "meta.json").read_text())
+    dev_tokens, report_every = task_limit(task, "dev_tokens"), config.report_every
+    meta = json.loads((Path(config.data_dir) / "meta.json").read_text())
     vocab, dtype = int(meta["vocab_size"]), str(meta.get("dtype", "uint8"))
     untouched = snapshot_protected()
     sandbox.confine()  # the last walls, before any of the variant's code (a no-op outside a sandbox)
-    recipe = load_recipe(config["variant_dir"])
+    recipe = load_recipe(config.variant_dir)
     check_untouched(untouched, "importing recipe.py")
-    settings = load_settings(config["variant_dir"])
-    smoke = bool(config.get("smoke"))
+    settings = load_settings(config.variant_dir)
+    smoke = config.smoke
     if smoke:
         report({"imported": True})
-    resume_dir = None if smoke else config.get("resume_from")
+    resume_dir = None if smoke else config.resume_from
     resume = read_checkpoint(resume_dir) if resume_dir else None
 
     seq, bs = int(settings.get("seq_len", 0)), int(settings.get("batch_size", 0))
     if seq < 1 or bs < 1:
         raise RecipeError(f"config.yaml: seq_len and batch_size must be >= 1, got {seq}, {bs}")
-    gpu = torch.cuda.is_available() and config["resources"]["gpus_per_worker"] > 0
+    gpu = torch.cuda.is_available() and config.resources.gpus_per_worker > 0
     perf, notes = plan_performance(recipe, settings, gpu)
     context = max(seq, eval_seq)
     model, n_params = build_model(recipe, settings, vocab, context, param_cap, perf["attention"])
@@ -327,7 +328,7 @@ def train(config: dict, rank: int, world: int, out_dir: Path, report) -> dict:
     start_tokens, start_step, start_micro = ((resume["tokens"], resume["step"], resume["micro"])
                                              if resume else (0, 0, 0))
     steps_left, micro_steps, total_steps = plan_steps(budget, start_tokens, start_step, tokens_per_micro, gas,
-                                                      int(config["max_steps"]) if smoke else None,
+                                                      config.max_steps if smoke else None,
                                                       resumed=bool(resume))
 
     optimizer = recipe.optimizer(model, settings)
@@ -356,10 +357,10 @@ def train(config: dict, rank: int, world: int, out_dir: Path, report) -> dict:
             scheduler.last_epoch = start_step - 1
             scheduler.step()
 
-    train = load_tokens(Path(config["data_dir"]) / "train.bin", dtype)
+    train = load_tokens(Path(config.data_dir) / "train.bin", dtype)
     shard = train[rank * len(train) // world: (rank + 1) * len(train) // world]
-    dev = load_tokens(Path(config["data_dir"]) / "dev.bin", dtype)[: dev_tokens + 1].clone()
-    data_seed = config["seed"] * 1000 + rank
+    dev = load_tokens(Path(config.data_dir) / "dev.bin", dtype)[: dev_tokens + 1].clone()
+    data_seed = config.seed * 1000 + rank
     if resume and not same_run:  # other settings: a fresh stream, not the one the saved run was reading
         data_seed += 1_000_003 * start_step
     generator = torch.Generator().manual_seed(data_seed)
@@ -368,7 +369,7 @@ def train(config: dict, rank: int, world: int, out_dir: Path, report) -> dict:
         for _ in range(start_micro):
             next(batches)
 
-    ckpt_tokens = 0 if smoke else int(config.get("checkpoint_tokens") or 0)
+    ckpt_tokens = 0 if smoke else config.checkpoint_tokens
     next_ckpt = start_tokens + ckpt_tokens if ckpt_tokens else None
     speed = Speedometer(model, n_params, context, config, gpu)
     for note in notes:
@@ -415,7 +416,7 @@ def train(config: dict, rank: int, world: int, out_dir: Path, report) -> dict:
                     _save_checkpoint(engine, path, {
                         "tokens": tokens, "step": step, "micro": start_micro + micro + 1,
                         "optimizer": type(optimizer).__name__, "zero_stage": stage, "world": world,
-                        "settings": settings, "variant_id": config.get("variant_id")}, rank)
+                        "settings": settings, "variant_id": config.variant_id or None}, rank)
                     point["checkpoint"] = str(path)
                     next_ckpt = tokens + ckpt_tokens
                     ckpt_seconds += time.perf_counter() - t_ckpt

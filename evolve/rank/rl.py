@@ -20,6 +20,7 @@ import math
 import time
 from pathlib import Path
 
+from evolve.messages import TrialConfig
 from evolve.rank import sandbox
 from evolve.rank.lm import (
     RecipeError,
@@ -188,20 +189,20 @@ def _scalar(value, hook: str):
     return value
 
 
-def train(config: dict, rank: int, world: int, out_dir: Path, report) -> dict:
+def train(config: TrialConfig, rank: int, world: int, out_dir: Path, report) -> dict:
     """Trains one rank: the warm-up, then RL, within the token budget; returns the rank's summary."""
     import deepspeed
     import torch
 
     t_setup = time.time()
-    torch.manual_seed(config["seed"] * 1000 + rank)
-    task, data_dir = config["task"], Path(config["data_dir"])
-    budget, report_every = int(config["train_tokens"]), int(config["report_every"])
+    torch.manual_seed(config.seed * 1000 + rank)
+    task, data_dir = config.task, Path(config.data_dir)
+    budget, report_every = config.train_tokens, config.report_every
     param_cap = task_limit(task, "param_cap")
     meta = json.loads((data_dir / "meta.json").read_text())
     vocab, end = int(meta["vocab_size"]), ord(meta.get("end", ";"))
     prompt_bytes, answer_bytes = int(meta["prompt_bytes"]), int(meta["answer_bytes"])
-    if config.get("resume_from"):
+    if config.resume_from:
         raise RecipeError("the rl trainer saves no checkpoints to resume from")
     problems = read_problems(data_dir / "train.bin")
     shard = problems[rank::world]  # RL prompts: every training problem
@@ -210,10 +211,10 @@ def train(config: dict, rank: int, world: int, out_dir: Path, report) -> dict:
     dev = read_problems(data_dir / "dev.bin")
     untouched = snapshot_protected()
     sandbox.confine()  # the last walls, before any of the variant's code (a no-op outside a sandbox)
-    recipe = load_recipe(config["variant_dir"], HOOKS)
+    recipe = load_recipe(config.variant_dir, HOOKS)
     check_untouched(untouched, "importing recipe.py")
-    settings = load_settings(config["variant_dir"])
-    smoke = bool(config.get("smoke"))
+    settings = load_settings(config.variant_dir)
+    smoke = config.smoke
     if smoke:
         report({"imported": True})
     plan = check_plan(recipe.plan(settings))
@@ -230,7 +231,7 @@ def train(config: dict, rank: int, world: int, out_dir: Path, report) -> dict:
         raise RecipeError(f"plan: one optimizer step needs {min(sft_micro_tokens, rl_micro_tokens) * gas:,} "
                           f"tokens, more than the budget of {budget:,}")
     if smoke:  # a check before the trial: a few steps of each phase, nothing saved
-        sft_steps, rl_steps = min(sft_steps, int(config["max_steps"])), min(rl_steps, int(config["max_steps"]))
+        sft_steps, rl_steps = min(sft_steps, config.max_steps), min(rl_steps, config.max_steps)
     total_steps = sft_steps + rl_steps
 
     optimizer = recipe.optimizer(model, settings)
@@ -239,9 +240,9 @@ def train(config: dict, rank: int, world: int, out_dir: Path, report) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, recipe.lr_multiplier(settings, sft_steps, rl_steps))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=ds_config)
-    generator = torch.Generator().manual_seed(config["seed"] * 1000 + rank)
+    generator = torch.Generator().manual_seed(config.seed * 1000 + rank)
     device = engine.device  # the inputs go where DeepSpeed put the model (a GPU's, with gpus_per_worker)
-    sampler = torch.Generator(device=device).manual_seed(config["seed"] * 1000 + rank + 7919)
+    sampler = torch.Generator(device=device).manual_seed(config.seed * 1000 + rank + 7919)
 
     curve, step, tokens, train_seconds = [], 0, 0, 0.0
     loss_sum, loss_n, reward_sum, reward_n = 0.0, 0, 0.0, 0

@@ -461,17 +461,20 @@ def exit_reason(status: int) -> str | None:
     return f"the variant's process exited with status {code} before finishing"
 
 
-def policy_for(config: dict, out_dir: str) -> dict | None:
-    """Returns the sandbox policy of a rank writing to `out_dir`, or None when the search runs without one."""
-    base = config.get("sandbox")
+def policy_for(config, out_dir: str) -> dict | None:
+    """Returns the sandbox policy of a rank writing to `out_dir`, or None when the search runs without one.
+
+    `config`: the trial's `evolve.messages.TrialConfig`.
+    """
+    base = config.sandbox
     if not base:
         return None
-    data = Path(config["data_dir"])
-    read = [config["variant_dir"], *(str(p) for p in data.iterdir() if p.name != "heldout.bin")]
-    if config.get("resume_from"):
-        read.append(config["resume_from"])
-    trees = [config.get("run_dir") or str(data.parent), *base.get("hidden_trees", [])]
-    gpu = (config.get("resources") or {}).get("gpus_per_worker", 0) > 0
+    data = Path(config.data_dir)
+    read = [config.variant_dir, *(str(p) for p in data.iterdir() if p.name != "heldout.bin")]
+    if config.resume_from:
+        read.append(config.resume_from)
+    trees = [config.run_dir or str(data.parent), *base.get("hidden_trees", [])]
+    gpu = config.resources.gpus_per_worker > 0
     return {**base, "writable": str(out_dir), "read": read, "hidden_trees": trees, "shm": gpu}
 
 

@@ -31,8 +31,9 @@ import yaml
 from evolve.driver import init_ray, prepare_run, scaffold_files
 from evolve.record.store import Store, atomic_write
 from evolve.search.heuristic import mutable_keys
-from evolve.search.searcher import result_row
+from evolve.search.searcher import read_outcome, result_row
 from evolve.search.yamledit import flatten, set_value
+from evolve.messages import TrialConfig
 from evolve.spec import Spec
 from evolve.trial.slots import SlotPool
 from evolve.trial.train import TRIAL_RESOURCES, report_point, train_variant
@@ -95,22 +96,22 @@ def baseline_trainable(config: dict, ctx: dict) -> None:
     for rel, data in files.items():
         atomic_write(work / rel, data)
     trial_id = tune.get_context().get_trial_id()
-    trial_config = {**ctx["context"], "variant_id": vid, "trial_id": trial_id,
-                    "variant_dir": str(work), "out_dir": str(Path(ctx["run_dir"]) / "trials" / f"{vid}-{trial_id}")}
+    trial_config = TrialConfig.from_dict({
+        **ctx["context"], "variant_id": vid, "trial_id": trial_id,
+        "variant_dir": str(work), "out_dir": str(Path(ctx["run_dir"]) / "trials" / f"{vid}-{trial_id}")})
     if not ctx.get("pbt"):
         result = train_variant(trial_config)
         last = {}
     else:  # PBT reads the curve and moves trials between checkpoints
         checkpoint = tune.get_checkpoint()
         if checkpoint is not None:
-            trial_config["resume_from"] = checkpoint.path  # the run's storage is this file system
+            trial_config = trial_config.replace(resume_from=checkpoint.path)  # the run's storage is this file system
         result = train_variant(trial_config, on_report=lambda point: report_point(point, end_time=False))
-        curve = (result.get("summary") or {}).get("curve") or []
+        curve = result.summary.get("curve") or []
         # no tokens: PBT leaves a finished trial be; one that failed early scores worst
         last = {"dev_loss": curve[-1][2] if curve else FAILED_SCORE}
-    result["values"] = values
-    score = result["fitness"] if result["fitness"] is not None else FAILED_SCORE
-    tune.report({**last, "fitness": score, "result_json": json.dumps(result)})
+    score = result.fitness if result.fitness is not None else FAILED_SCORE
+    tune.report({**last, "fitness": score, "result_json": result.to_json(), "values_json": json.dumps(values)})
 
 
 PBT_INTERVALS = 4  # perturbation points per trial budget
@@ -119,8 +120,19 @@ PBT_REPORT_EVERY = 5  # optimizer steps between curve points under PBT, at most
 
 def pbt_scheduler(spec: Spec, space: dict):
     """Returns Ray Tune's PBT on the dev loss by tokens, perturbing every key but `PBT_FIXED`."""
-
     from ray.tune.schedulers import PopulationBasedTraining
+
+    mutations, limits = pbt_mutations(space)
+    random.seed(spec.seed)  # PBT draws its perturbations from the random module
+    return PopulationBasedTraining(
+        time_attr="tokens", metric="dev_loss", mode="min", require_attrs=False,
+        perturbation_interval=spec.budget.train_tokens // PBT_INTERVALS,
+        hyperparam_mutations=mutations, quantile_fraction=0.25, resample_probability=0.25,
+        custom_explore_fn=functools.partial(within_limits, limits=limits))
+
+
+def pbt_mutations(space: dict) -> tuple[dict, dict]:
+    """Returns (PBT's mutations, the numbers' limits) over `space`, leaving out the shape keys of `PBT_FIXED`."""
     from ray.tune.search.sample import Categorical, Integer
 
     mutations, limits = {}, {}
@@ -133,12 +145,7 @@ def pbt_scheduler(spec: Spec, space: dict):
             mutations[key] = domain
             integer = isinstance(domain, Integer)
             limits[key] = (domain.lower, domain.upper - 1 if integer else domain.upper, integer)
-    random.seed(spec.seed)  # PBT draws its perturbations from the random module
-    return PopulationBasedTraining(
-        time_attr="tokens", metric="dev_loss", mode="min", require_attrs=False,
-        perturbation_interval=spec.budget.train_tokens // PBT_INTERVALS,
-        hyperparam_mutations=mutations, quantile_fraction=0.25, resample_probability=0.25,
-        custom_explore_fn=functools.partial(within_limits, limits=limits))
+    return mutations, limits
 
 
 def within_limits(config: dict, limits: dict) -> dict:
@@ -206,11 +213,11 @@ def run_baseline(spec: Spec, run_dir: str | os.PathLike, method: str, log=print)
     for r in grid:
         if r.metrics is None or "result_json" not in r.metrics:
             continue
-        outcome = json.loads(r.metrics["result_json"])
-        files = {**seed_files, settings_file: settings_text(seed_files[settings_file].decode(),
-                                                            outcome["values"]).encode()}
-        record = {"kind": method, "values": outcome["values"], "rationale": f"{method} sample"}
-        restored = (outcome.get("summary") or {}).get("resumed_at_tokens")
+        outcome = read_outcome(r.metrics)
+        values = json.loads(r.metrics["values_json"])
+        files = {**seed_files, settings_file: settings_text(seed_files[settings_file].decode(), values).encode()}
+        record = {"kind": method, "values": values, "rationale": f"{method} sample"}
+        restored = outcome.summary.get("resumed_at_tokens")
         if restored is not None:  # PBT: the trial continued from a checkpoint with these values
             record.update(rationale="pbt: continued from a checkpoint, perturbed", restored_at_tokens=restored)
         v = Variant(files=store.put_files(files), parents=(seed.id,), operator=method, record=record)

@@ -8,7 +8,6 @@ finished trial is written to the store before the searcher counts it.
 from __future__ import annotations
 
 import heapq
-import json
 import math
 import pickle
 import random
@@ -19,6 +18,7 @@ from ray.tune.search import Searcher
 
 from evolve.agent.operator import DONE, WAIT, Brief, LLMOperator
 from evolve.agent.prompts import Candidate
+from evolve.messages import RecordError, TrialConfig, TrialOutcome
 from evolve.record.seals import sealed_paths, surface_violations
 from evolve.record.store import Store, atomic_write, parsed
 from evolve.search import confirm
@@ -103,7 +103,7 @@ class EvolveSearcher(Searcher):
         self.n_suggested += 1
         if self.llm is not None:
             self.agent_turn()  # keep the agent writing ahead of the next free slot
-        return self._trial_config(child.id, trial_id)
+        return self._trial_config(child.id, trial_id).to_dict()
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         """Keeps each live trial's learning curve, for a trial the scheduler stops early."""
@@ -119,23 +119,20 @@ class EvolveSearcher(Searcher):
         curve = self.curves.pop(trial_id, [])
         if vid is None or vid in self.results:
             return  # unknown, or already recorded (a repeated callback)
-        outcome = json.loads(result["result_json"]) if result and "result_json" in result else None
-        summary = (outcome or {}).get("summary") or {}
-        if summary.get("resumed_at_tokens") is not None:  # restored from a checkpoint: the curve before it too
-            summary["curve"] = [p for p in curve if p[0] <= summary["resumed_at_tokens"]] + summary["curve"]
+        outcome = read_outcome(result)
+        resumed = outcome.summary.get("resumed_at_tokens") if outcome is not None else None
+        if resumed is not None:  # restored from a checkpoint: the curve before it too
+            outcome = outcome.replace(summary={**outcome.summary, "curve": [p for p in curve if p[0] <= resumed]
+                                               + list(outcome.summary.get("curve") or [])})
         if outcome is None and not error and result and "dev_loss" in result:
             point = [result["tokens"], result["train_loss"], result["dev_loss"]]
             if not curve or curve[-1] != point:
                 curve.append(point)  # the result the scheduler stopped it on
         if outcome is None and not error and curve:  # the scheduler stopped it: a result, not a failure
-            outcome = {"status": "stopped", "fitness": None,
-                       "failure_reason": f"stopped early by the scheduler at {curve[-1][0]:,} tokens "
-                                         f"(dev loss {curve[-1][2]:.4f})",
-                       "summary": {"curve": curve, "tokens_trained": curve[-1][0]}}
+            outcome = TrialOutcome.stopped(curve)
         if error or outcome is None:
-            outcome = {"status": "failed", "fitness": None,
-                       "failure_reason": f"the trial errored before reporting, {self.spec.trial.max_failures} "
-                                         f"retries included (see its error.txt under tune/)"}
+            outcome = TrialOutcome.failed(f"the trial errored before reporting, {self.spec.trial.max_failures} "
+                                          f"retries included (see its error.txt under tune/)")
         self._record(vid, trial_id, outcome)
 
     # -- confirmation: re-runs of the top candidates once the budget is spent (evolve.search.confirm) --
@@ -161,17 +158,17 @@ class EvolveSearcher(Searcher):
         self.confirm_live[trial_id] = (vid, seed)
         key = confirm.rerun_key(vid, seed)
         config = self._trial_config(vid, trial_id)
-        return {**config, "seed": seed, "confirm": True, "trial_key": key, "checkpoint_tokens": 0,
-                "out_dir": str(Path(config["out_dir"]).parent / key)}
+        return config.replace(seed=seed, confirm=True, trial_key=key, checkpoint_tokens=0,
+                              out_dir=str(Path(config.out_dir).parent / key)).to_dict()
 
     def _record_rerun(self, trial_id: str, result: dict | None, error: bool) -> None:
         vid, seed = self.confirm_live.pop(trial_id)
-        outcome = json.loads(result["result_json"]) if result and "result_json" in result else None
+        outcome = read_outcome(result)
         if error or outcome is None:
-            outcome = {"status": "failed", "fitness": None, "failure_reason": "the re-run errored before reporting"}
-        confirm.record(self.store.root, vid, seed, outcome)
-        got = (f"{self.spec.objective.metric} {outcome['fitness']:.4f}" if outcome["status"] == "completed"
-               else f"FAILED: {outcome.get('failure_reason')}")
+            outcome = TrialOutcome.failed("the re-run errored before reporting")
+        confirm.record(self.store.root, vid, seed, outcome.to_dict())
+        got = (f"{self.spec.objective.metric} {outcome.fitness:.4f}" if outcome.status == "completed"
+               else f"FAILED: {outcome.failure_reason}")
         self.log(f"[confirm] {vid[:8]} seed {seed} | {got}")
 
     def close(self) -> None:
@@ -293,13 +290,13 @@ class EvolveSearcher(Searcher):
             if vid in self.scores:
                 self.island_scored[island].append((vid, self.scores[vid]))
 
-    def _trial_config(self, vid: str, trial_id: str) -> dict:
+    def _trial_config(self, vid: str, trial_id: str) -> TrialConfig:
         run = Path(self.store.root).resolve()
         variant_dir = self.store.materialize(self.variants[vid], run / "work" / vid)
-        return {**self.context, "variant_id": vid, "trial_id": trial_id,
-                "variant_dir": str(variant_dir), "out_dir": str(run / "trials" / vid)}
+        return TrialConfig.from_dict({**self.context, "variant_id": vid, "trial_id": trial_id,
+                                      "variant_dir": str(variant_dir), "out_dir": str(run / "trials" / vid)})
 
-    def _record(self, vid: str, trial_id: str, outcome: dict) -> None:
+    def _record(self, vid: str, trial_id: str, outcome: TrialOutcome) -> None:
         row = result_row(self.variants[vid], trial_id, outcome)
         self.store.append_result(row)  # durable before the searcher counts it
         self.store.compact()  # one merged file per COMPACT_AT results keeps a large population quick to load
@@ -309,7 +306,7 @@ class EvolveSearcher(Searcher):
             v = self.variants[vid]
             parent = self.results.get(v.parents[0]) if v.parents else None
             self.llm.on_result(vid, v.parents[0] if v.parents else None, v.record.get("rationale") or v.operator,
-                               outcome, parent["fitness"] if parent else None)
+                               outcome.to_dict(), parent["fitness"] if parent else None)
             self.agent_turn()
 
     def _count(self, vid: str, row: dict) -> None:
@@ -364,44 +361,57 @@ class EvolveSearcher(Searcher):
     def best_id(self) -> str | None:
         return self._best
 
-    def _result_line(self, vid: str, outcome: dict) -> str:
+    def _result_line(self, vid: str, outcome: TrialOutcome) -> str:
         v = self.variants[vid]
         parent = ",".join(p[:8] for p in v.parents) or "-"
         what = v.record.get("rationale", v.operator)
-        if outcome["status"] == "completed":
-            got = f"{self.spec.objective.metric} {outcome['fitness']:.4f}"
+        if outcome.status == "completed":
+            got = f"{self.spec.objective.metric} {outcome.fitness:.4f}"
         else:
-            what_happened = "STOPPED" if outcome["status"] == "stopped" else "FAILED"
-            got = f"{what_happened}: {outcome.get('failure_reason')}"
+            what_happened = "STOPPED" if outcome.status == "stopped" else "FAILED"
+            got = f"{what_happened}: {outcome.failure_reason}"
         best = self.best_id()
         best_txt = f"{self.results[best]['fitness']:.4f} ({best[:8]})" if best else "-"
         return (f"[{self.n_recorded:>3}/{self.spec.budget.trials}] {vid[:8]} <- {parent:<17} "
                 f"{what[:60]:<60} | {got} | best {best_txt}")
 
 
-def result_row(v: Variant, trial_id: str, outcome: dict) -> dict:
+def result_row(v: Variant, trial_id: str, outcome: TrialOutcome) -> dict:
     """Returns the population row of one finished trial of variant `v`."""
-    summary = outcome.get("summary") or {}
+    summary = outcome.summary
     curve = summary.get("curve") or []
-    fitness = outcome.get("fitness")
     return {
         "variant_id": v.id, "parent_ids": list(v.parents), "operator": v.operator,
-        "record": v.record, "island": v.island, "status": outcome["status"],
-        "failure_reason": outcome.get("failure_reason"), "fitness": fitness,
-        "metrics": outcome.get("metrics") or {}, "curve": curve,
+        "record": v.record, "island": v.island, "status": outcome.status,
+        "failure_reason": outcome.failure_reason, "fitness": outcome.fitness,
+        "metrics": outcome.metrics, "curve": curve,
         "final_train_loss": curve[-1][1] if curve else None,
         "final_dev_loss": curve[-1][2] if curve else None,
         "train_seconds": summary.get("train_seconds"),
-        "trial_seconds": outcome.get("trial_seconds"),
+        "trial_seconds": outcome.trial_seconds,
         "tokens_trained": summary.get("tokens_trained"),
-        "setup_seconds": summary.get("setup_seconds"), "eval_seconds": outcome.get("eval_seconds"),
+        "setup_seconds": summary.get("setup_seconds"), "eval_seconds": outcome.eval_seconds,
         "trial_id": trial_id, "created_at": v.created_at,
-        "started_at": outcome.get("trial_started_at"),
+        "started_at": outcome.trial_started_at,
         "first_step_at": summary.get("first_step_at"), "last_step_at": summary.get("last_step_at"),
         "finished_at": time.time(),
         "tokens_per_s": _times(summary.get("tokens_per_s"), summary.get("world_size")),
-        "mfu": summary.get("mfu"), "gpu_hours": outcome.get("gpu_hours"),
+        "mfu": summary.get("mfu"), "gpu_hours": outcome.gpu_hours,
     }
+
+
+def read_outcome(result: dict | None) -> TrialOutcome | None:
+    """The outcome a trial's final result carries, checked; None if it carries none (stopped, or errored).
+
+    An outcome that does not read back (a result from another version, or
+    damaged) is a failed trial with the reason, not a crash of the search.
+    """
+    if not result or "result_json" not in result:
+        return None
+    try:
+        return TrialOutcome.from_json(result["result_json"])
+    except RecordError as e:
+        return TrialOutcome.failed(f"the trial's result could not be read: {e}")
 
 
 def _finite(x) -> float | None:

@@ -34,6 +34,7 @@ from pathlib import Path
 import ray
 
 from evolve.errors import one_line
+from evolve.messages import TrialConfig
 from evolve.rank.sandbox import policy_for
 from evolve.trial.relay import RendezvousConfig, make_trainer
 from evolve.warm import zygote
@@ -210,9 +211,9 @@ def relay_loop(config: dict) -> None:
 def _run_rank(board, slot: int, job: dict, rank: int, world: int, local_rank: int,
               local_world: int) -> str | None:
     """Trains one rank of one job in a fresh zygote child; returns None or the one-line reason."""
-    config = job["config"]
-    out_dir = Path(config["out_dir"])
     try:
+        config = TrialConfig.from_dict(job["config"])  # checked: the trial process posted it
+        out_dir = Path(config.out_dir)
         if rank == 0:
             addr = ray.util.get_node_ip_address()
             ray.get(board.set_rendezvous.remote(slot, job["id"], addr, _free_port(addr)))
@@ -236,11 +237,11 @@ def _run_rank(board, slot: int, job: dict, rank: int, world: int, local_rank: in
         watcher.start()
         report = (lambda point: board.report.remote(slot, job["id"], point)) if rank == 0 else None
         try:
-            zygote.call("evolve.rank.entry:run_rank", {"config": config, "rank": rank, "world": world},
+            zygote.call("evolve.rank.entry:run_rank", {"config": config.to_dict(), "rank": rank, "world": world},
                         env=env, log=str(out_dir / f"rank{rank}.log"),
-                        recipe=str(Path(config["variant_dir"]) / "recipe.py"), on_report=report,
-                        cancel=cancel, timeout_s=config.get("timeout_s") or None,
-                        sandbox=policy_for(config, str(out_dir)), search=config.get("search", ""))
+                        recipe=str(Path(config.variant_dir) / "recipe.py"), on_report=report,
+                        cancel=cancel, timeout_s=config.timeout_s or None,
+                        sandbox=policy_for(config, str(out_dir)), search=config.search)
         finally:
             cancel.set()  # ends the watcher
         return None

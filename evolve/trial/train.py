@@ -20,6 +20,7 @@ import uuid
 from pathlib import Path
 
 from evolve.errors import one_line
+from evolve.messages import RecordError, TrialConfig, TrialOutcome
 from evolve.rank import mfu
 from evolve.record.store import Store, atomic_write
 from evolve.trial.evaluation import EvaluationError, max_weight_bytes, seal_model
@@ -42,18 +43,16 @@ class TrialLost(RuntimeError):
     """A rank's process or worker was lost (killed, crashed, its node gone): Tune retries the trial."""
 
 
-def train_variant(config: dict, on_report=None) -> dict:
-    """Trains the variant on a free slot, then evaluates it; returns the final result dict."""
+def train_variant(config: TrialConfig, on_report=None) -> TrialOutcome:
+    """Trains the variant on a free slot, then evaluates it; returns the trial's outcome."""
     import ray
 
     t0 = time.time()
-    out_dir = Path(config["out_dir"])
+    out_dir = Path(config.out_dir)
     if out_dir.exists():
         shutil.rmtree(out_dir)  # a retried trial starts from nothing
     out_dir.mkdir(parents=True)
-    result = {"variant_id": config["variant_id"], "status": "failed", "failure_reason": None,
-              "fitness": None, "metrics": {}, "summary": {}}
-    board = ray.get_actor(config["slots"])  # named actors resolve within the search's job
+    board = ray.get_actor(config.slots)  # named actors resolve within the search's job
     slot = None
     while slot is None:  # every slot busy or starting: wait (Tune runs no more trials than slots)
         slot = ray.get(board.acquire.remote(SLOT_WAIT_S))
@@ -74,26 +73,24 @@ def train_variant(config: dict, on_report=None) -> dict:
     metrics, eval_error, t_eval = None, None, time.time()
     if not errors:
         metrics, eval_error = evaluate(out_dir, config)
-    result.update(outcome(errors, summary, metrics, eval_error, config["metric"]))
-    if result["status"] == "completed":
-        result["eval_seconds"] = time.time() - t_eval
-    result["trial_seconds"] = time.time() - t0
-    r = config["resources"]
-    result["gpu_hours"] = mfu.gpu_hours(result["trial_seconds"], r["workers"], r["gpus_per_worker"])
-    result["trial_started_at"] = t0
+    result = outcome(errors, summary, metrics, eval_error, config.metric)
+    seconds = time.time() - t0
+    r = config.resources
     shutil.rmtree(out_dir / "model", ignore_errors=True)  # weights are not kept
-    return result
+    return result.replace(variant_id=config.variant_id, trial_seconds=seconds, trial_started_at=t0,
+                          eval_seconds=time.time() - t_eval if result.status == "completed" else None,
+                          gpu_hours=mfu.gpu_hours(seconds, r.workers, r.gpus_per_worker))
 
 
-def _run_on_slot(board, slot: int, config: dict, on_report) -> dict:
+def _run_on_slot(board, slot: int, config: TrialConfig, on_report) -> dict:
     """Posts the job, streams its curve to `on_report`; returns {rank: reason} of failed ranks, first failure first."""
     import ray
 
     job_id = uuid.uuid4().hex
-    ray.get(board.put_job.remote(slot, {"id": job_id, "config": config,
-                                        "world": config["resources"]["workers"]}))
+    ray.get(board.put_job.remote(slot, {"id": job_id, "config": config.to_dict(),
+                                        "world": config.resources.workers}))
     cursor, cancelled, refused = 0, False, None
-    out_dir = Path(config["out_dir"])
+    out_dir = Path(config.out_dir)
     while True:
         st = ray.get(board.wait.remote(slot, job_id, cursor, SLOT_WAIT_S))
         for point in st["reports"]:
@@ -179,7 +176,7 @@ def seal_checkpoint(out_dir: Path, reported: str) -> Path:
     return dest
 
 
-def outcome(errors: dict, summary: dict, metrics: dict | None, eval_error: str | None, metric: str) -> dict:
+def outcome(errors: dict, summary: dict, metrics: dict | None, eval_error: str | None, metric: str) -> TrialOutcome:
     """Returns the trial's outcome fields from what its ranks and its evaluation said (pure).
 
     A lost rank (killed from outside, its node gone) is not the variant's
@@ -192,14 +189,13 @@ def outcome(errors: dict, summary: dict, metrics: dict | None, eval_error: str |
         first = next(iter(errors.values()))
         if first.startswith(LOST):
             raise TrialLost(first[len(LOST):])
-        return {"status": "failed", "failure_reason": first, "summary": {}}
+        return TrialOutcome.failed(first)
     if eval_error is not None:  # sealed files changed, or the weights are not what the harness would build
-        return {"status": "failed", "failure_reason": f"sealed evaluation: {eval_error}", "summary": summary}
-    return {"status": "completed", "failure_reason": None, "summary": summary, "metrics": metrics,
-            "fitness": metrics[metric]}
+        return TrialOutcome.failed(f"sealed evaluation: {eval_error}", summary=summary)
+    return TrialOutcome("completed", fitness=metrics[metric], summary=summary, metrics=metrics)
 
 
-def evaluate(out_dir: Path, config: dict) -> tuple[dict | None, str | None]:
+def evaluate(out_dir: Path, config: TrialConfig) -> tuple[dict | None, str | None]:
     """Returns (metrics, None) or (None, one-line error) of the sealed evaluation of a trained trial.
 
     Every rank has exited (its supervisor answers only then), so nothing of
@@ -209,12 +205,12 @@ def evaluate(out_dir: Path, config: dict) -> tuple[dict | None, str | None]:
     """
     sealed_dir = Path(tempfile.mkdtemp(prefix="eval-", dir=zygote.folder()))
     try:
-        model = seal_model(out_dir / "model", sealed_dir / "model", max_weight_bytes(config["task"]))
+        model = seal_model(out_dir / "model", sealed_dir / "model", max_weight_bytes(config.task))
         metrics = zygote.call("evolve.trial.evaluation:evaluate_saved", {
-            "model_dir": str(model), "experiment_root": config["experiment_root"],
-            "heldout": str(Path(config["data_dir"]) / "heldout.bin"),
-            "task": config["task"], "sealed": config["sealed"]},
-            log=str(out_dir / "evaluate.log"), search=config.get("search", ""))
+            "model_dir": str(model), "experiment_root": config.experiment_root,
+            "heldout": str(Path(config.data_dir) / "heldout.bin"),
+            "task": config.task, "sealed": config.sealed},
+            log=str(out_dir / "evaluate.log"), search=config.search)
         return metrics, None
     except zygote.ChildFailed as e:
         return None, str(e)
@@ -243,16 +239,15 @@ def report_point(point: dict, end_time: bool = True) -> None:
     shutil.rmtree(Path(path).parent if Path(path).parent.name.startswith("ckpt-") else path, ignore_errors=True)
 
 
-def read_kept_result(path: Path) -> dict | None:
-    """Returns the final result a trial kept in kept/, or None (none, or unreadable: train again)."""
+def read_kept_result(path: Path) -> TrialOutcome | None:
+    """Returns the outcome a trial kept in kept/, or None (none, or unreadable: train again)."""
     try:
-        result = json.loads(path.read_text())
-    except (OSError, ValueError):
+        return TrialOutcome.from_json(path.read_text())
+    except (OSError, RecordError):
         return None
-    return result if isinstance(result, dict) and "status" in result else None
 
 
-def trainable(config: dict) -> None:
+def trainable(raw: dict) -> None:
     """The Tune function trainable: reports the curve, then the final result.
 
     A trial Tune restores (after a failure, or on resume) continues from
@@ -262,25 +257,26 @@ def trainable(config: dict) -> None:
     """
     from ray import tune
 
-    row = None if config.get("confirm") else Store(config["run_dir"]).result(config["variant_id"])
+    config = TrialConfig.from_dict(raw)  # checked: Tune's copy of what the searcher made
+    row = None if config.confirm else Store(config.run_dir).result(config.variant_id)
     if row is not None:  # it finished after Tune's last snapshot: nothing to train, the row stands
         curve = row["curve"] or [[0, float("inf"), float("inf")]]
         tune.report({"tokens": curve[-1][0], "train_loss": curve[-1][1], "dev_loss": curve[-1][2],
                      "done": True, "recorded_before": True})
         return
     # outside the trial's folder: the variant's process may write there, never here
-    kept = Path(config["run_dir"]) / KEPT / f"{config.get('trial_key') or config['variant_id']}.json"
+    kept = Path(config.run_dir) / KEPT / f"{config.key}.json"
     result = read_kept_result(kept)
     if result is None:
         checkpoint = tune.get_checkpoint()
         if checkpoint is not None:
-            config = {**config, "resume_from": checkpoint.path}  # the run's storage is this file system
+            config = config.replace(resume_from=checkpoint.path)  # the run's storage is this file system
         # a confirmation re-run reports no curve: no scheduler may stop it before its budget
-        result = train_variant(config, on_report=None if config.get("confirm") else report_point)
+        result = train_variant(config, on_report=None if config.confirm else report_point)
         # kept before Tune hears of it: a driver that dies before recording it loses no training
-        atomic_write(kept, json.dumps(result).encode())
+        atomic_write(kept, result.to_json().encode())
     last = {}
-    curve = (result.get("summary") or {}).get("curve") or []
+    curve = result.summary.get("curve") or []
     if curve:  # a scheduler reads its metric from every result, the final one too
         last = {"tokens": curve[-1][0], "train_loss": curve[-1][1], "dev_loss": curve[-1][2]}
-    tune.report({**last, "done": True, "result_json": json.dumps(result)})
+    tune.report({**last, "done": True, "result_json": result.to_json()})
