@@ -8,8 +8,9 @@ KeyError deep in a loop. The trial's result travels back as a
 `TrialOutcome` (JSON inside Tune's final result, and in kept/), checked the
 same way where the searcher reads it. Both are pure data: no Ray, no torch.
 
-One name for each quantity: `train_tokens` is the token budget of a trial
-(the spec's `budget.train_tokens`) everywhere here; the size of the training
+One name for each quantity: `train_tokens` is the tokens a trial trains (the
+spec's `budget.train_tokens`, or `operator.inherit_tokens` for a child that
+continues from its parent's weights, which hold `inherited_tokens`); the size of the training
 split, which the sealed `prepare` writes into the data's meta.json under that
 same key, is read only through `split_tokens`.
 """
@@ -70,6 +71,9 @@ class TrialConfig:
     resume_from: str | None = None  # a checkpoint folder to continue from
     smoke: bool = False  # a smoke run: `max_steps` steps, nothing kept
     max_steps: int = 0
+    keep_weights: bool = False  # save the final weights and optimizer state for children to inherit
+    inherited_from: str = ""  # the parent whose final state this trial continues from ("" : from scratch)
+    inherited_tokens: int = 0  # tokens already in those weights: this trial trains `train_tokens` more
 
     @classmethod
     def from_dict(cls, data) -> TrialConfig:
@@ -97,6 +101,8 @@ class TrialOutcome:
     metrics: dict = field(default_factory=dict)  # the sealed evaluation's
     summary: dict = field(default_factory=dict)  # rank 0's: the curve, tokens, speed
     variant_id: str = ""
+    inherited_from: str = ""  # set by the trial process from its config, never by the rank
+    tokens_inherited: int = 0
     trial_seconds: float | None = None
     eval_seconds: float | None = None
     gpu_hours: float | None = None

@@ -109,6 +109,9 @@ class Operator:
     inspirations: int = doc(2, "other strong variants shown in a prompt")
     max_failures: int = doc(3, "failures in a row before the heuristic operator takes over")
     probe_every_s: float = doc(60.0, "while fallen back, how often the agent is tried again")
+    inherit: bool = doc(False, "a child that changes only settings outside `shape_keys` continues from its parent's final weights (as PBT's exploit does) instead of training from scratch")
+    inherit_tokens: int = doc(0, "tokens an inheriting child trains on top of its parent's weights (0: a quarter of budget.train_tokens)")
+    shape_keys: list = doc_factory(lambda: ["n_layer", "n_embd", "n_head", "seq_len"], "settings keys that shape the weights: a child that changes one (or any code) trains from scratch; PBT never perturbs them")
     heuristic: Heuristic = doc_factory(Heuristic, "what the heuristic operator may change (below)")
 
 
@@ -298,6 +301,8 @@ def _check(spec: Spec) -> None:
         raise SpecError(f"trainer: expected one of {', '.join(TRAINERS)}, got {spec.trainer!r}")
     if spec.trainer == "rl" and spec.trial.checkpoint_tokens:
         raise SpecError("trial.checkpoint_tokens: the rl trainer saves no checkpoints; set it to 0")
+    if spec.trainer == "rl" and spec.operator.inherit:
+        raise SpecError("operator.inherit: the rl trainer saves no checkpoints to inherit; set it to false")
     if spec.objective.mode not in ("min", "max"):
         raise SpecError(f"objective.mode: expected 'min' or 'max', got {spec.objective.mode!r}")
     b = spec.budget
@@ -437,6 +442,10 @@ def _check_operator(op: Operator) -> None:
         raise SpecError(f"operator.wait_s: must be 0 or more, got {op.wait_s!r}")
     if op.inspirations < 0:
         raise SpecError(f"operator.inspirations: must be 0 or more, got {op.inspirations!r}")
+    if op.inherit_tokens < 0:
+        raise SpecError(f"operator.inherit_tokens: must be 0 (a quarter of the budget) or more, got {op.inherit_tokens!r}")
+    if not isinstance(op.shape_keys, list) or not all(isinstance(k, str) and k for k in op.shape_keys):
+        raise SpecError(f"operator.shape_keys: expected a list of settings keys, got {op.shape_keys!r}")
 
 
 def build_spec(raw: dict, root: Path, name: str) -> Spec:

@@ -58,7 +58,7 @@ def test_pbt_perturbs_choices_by_list_and_keeps_numbers_in_bounds(experiment):
 
     spec = load_spec(experiment)
     space = search_space(spec, (experiment / "scaffold" / "config.yaml").read_text())
-    mutations, bounds = pbt_mutations(space)
+    mutations, bounds = pbt_mutations(space, spec.operator.shape_keys)
     assert mutations["schedule"] == ["cosine", "linear", "constant"]
     assert "n_layer" not in mutations and "seq_len" not in mutations
     assert "schedule" not in bounds and bounds["batch_size"][2] is True  # an integer stays whole

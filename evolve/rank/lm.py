@@ -288,6 +288,20 @@ def _same(a: dict, b: dict) -> bool:
     return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
 
 
+def inherited_budget(config: TrialConfig, resume: dict | None) -> tuple[int, int]:
+    """Returns (the token position to train to, the position to count from) of a trial inheriting weights (pure).
+
+    The trial trains `train_tokens` on top of the `inherited_tokens` its
+    parent's weights hold, both set by the searcher. The checkpoint's own
+    count was written inside the parent's process, so it only counts when it
+    is further on (this trial's own checkpoint, after a retry): a parent that
+    wrote a smaller one cannot buy its children more tokens.
+    """
+    if resume is None:
+        raise RuntimeError(f"the trial inherits {config.inherited_from}'s weights, but has no checkpoint to load")
+    return config.inherited_tokens + config.train_tokens, max(int(resume["tokens"]), config.inherited_tokens)
+
+
 def train(config: TrialConfig, rank: int, world: int, out_dir: Path, report) -> dict:
     """The next-token training loop of one rank (the spec's `trainer: lm`); returns the rank's summary."""
 
@@ -327,6 +341,8 @@ def train(config: TrialConfig, rank: int, world: int, out_dir: Path, report) -> 
     tokens_per_micro = bs * seq * world
     start_tokens, start_step, start_micro = ((resume["tokens"], resume["step"], resume["micro"])
                                              if resume else (0, 0, 0))
+    if config.inherited_from:
+        budget, start_tokens = inherited_budget(config, resume)
     steps_left, micro_steps, total_steps = plan_steps(budget, start_tokens, start_step, tokens_per_micro, gas,
                                                       config.max_steps if smoke else None,
                                                       resumed=bool(resume))
@@ -410,7 +426,8 @@ def train(config: TrialConfig, rank: int, world: int, out_dir: Path, report) -> 
                          "lr": scheduler.get_last_lr()[0], **speed.interval()}
                 curve.append([tokens, point["train_loss"], dev_loss])
                 loss_sum, loss_n = 0.0, 0
-                if next_ckpt is not None and tokens >= next_ckpt and step < total_steps:
+                final = config.keep_weights and not smoke and step == total_steps  # for children to inherit
+                if final or (next_ckpt is not None and tokens >= next_ckpt and step < total_steps):
                     t_ckpt = time.perf_counter()
                     path = out_dir / "checkpoints" / f"tokens-{tokens}"
                     _save_checkpoint(engine, path, {

@@ -54,7 +54,7 @@ def status_lines(run_dir: str, pop=None) -> list[str]:
              f"cost: {trial:.0f} trial-seconds, {train:.0f} of them training; "
              f"{int(pop['tokens_trained'].fillna(0).sum()) if not pop.empty else 0:,} tokens trained",
              f"lineage depth: {pop.depth()}"]
-    lines += speed_lines(pop)
+    lines += speed_lines(pop) + inherit_lines(pop)
     lines += agent_lines(run_dir)
     lines += [ln.replace("best:", "single-run leader:", 1) for ln in summary_lines(run_dir, pop)[1:2]]
     return lines + confirm.lines(confirm.load_verdict(run_dir))
@@ -70,3 +70,12 @@ def speed_lines(pop) -> list[str]:
         best = pop.loc[util.idxmax()]
         line += f"; MFU median {util.median():.1%}, best {util.max():.1%} ({best['variant_id']})"
     return [line]
+
+
+def inherit_lines(pop) -> list[str]:
+    """How many trials continued from their parent's weights, and the tokens those weights held."""
+    if pop.empty or "inherited_from" not in pop or not pop["inherited_from"].notna().any():
+        return []
+    got = pop[pop["inherited_from"].notna()]
+    return [f"inherited weights: {len(got)} of {len(pop)} trials continued from their parent's final weights "
+            f"({int(got['tokens_inherited'].fillna(0).sum()):,} tokens held by those weights, not counted above)"]

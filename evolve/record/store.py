@@ -53,6 +53,8 @@ RESULT_SCHEMA = pa.schema([
     ("tokens_per_s", pa.float64()),  # the training loop's throughput, all ranks together
     ("mfu", pa.float64()),  # model FLOPs utilisation against the device's peak (null on a CPU)
     ("gpu_hours", pa.float64()),  # the trial's wall time times the GPUs its ranks held
+    ("inherited_from", pa.string()),  # the parent whose final weights the trial continued from (operator.inherit)
+    ("tokens_inherited", pa.int64()),  # tokens those weights held; tokens_trained counts only its own
 ])
 
 

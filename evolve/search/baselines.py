@@ -14,7 +14,7 @@ Population Based Training (Ray Tune's scheduler, asynchronous) runs
 every quarter of the token budget a trial in the bottom quarter by dev
 loss, among all trials so far, continues from a top trial's DeepSpeed
 checkpoint with that trial's settings perturbed. The keys that change the
-model's shapes (`PBT_FIXED`) are sampled once and never perturbed, so a
+model's shapes (`operator.shape_keys`) are sampled once and never perturbed, so a
 checkpoint always loads.
 """
 
@@ -45,7 +45,6 @@ from evolve.warm import zygote
 
 FAILED_SCORE = 1e3  # what a failed trial reports to a model-based searcher (worse than any loss)
 METHODS = ("random", "tpe", "pbt")
-PBT_FIXED = ("n_layer", "n_embd", "n_head", "seq_len")  # they shape the weights a checkpoint holds
 
 
 def search_space(spec: Spec, settings_text: str) -> dict:
@@ -119,10 +118,10 @@ PBT_REPORT_EVERY = 5  # optimizer steps between curve points under PBT, at most
 
 
 def pbt_scheduler(spec: Spec, space: dict):
-    """Returns Ray Tune's PBT on the dev loss by tokens, perturbing every key but `PBT_FIXED`."""
+    """Returns Ray Tune's PBT on the dev loss by tokens, perturbing every key but `operator.shape_keys`."""
     from ray.tune.schedulers import PopulationBasedTraining
 
-    mutations, limits = pbt_mutations(space)
+    mutations, limits = pbt_mutations(space, spec.operator.shape_keys)
     random.seed(spec.seed)  # PBT draws its perturbations from the random module
     return PopulationBasedTraining(
         time_attr="tokens", metric="dev_loss", mode="min", require_attrs=False,
@@ -131,13 +130,13 @@ def pbt_scheduler(spec: Spec, space: dict):
         custom_explore_fn=functools.partial(within_limits, limits=limits))
 
 
-def pbt_mutations(space: dict) -> tuple[dict, dict]:
-    """Returns (PBT's mutations, the numbers' limits) over `space`, leaving out the shape keys of `PBT_FIXED`."""
+def pbt_mutations(space: dict, fixed: list) -> tuple[dict, dict]:
+    """Returns (PBT's mutations, the numbers' limits) over `space`, leaving out the keys in `fixed` (shapes)."""
     from ray.tune.search.sample import Categorical, Integer
 
     mutations, limits = {}, {}
     for key, domain in space.items():
-        if key in PBT_FIXED:
+        if key in fixed:
             continue
         if isinstance(domain, Categorical):  # PBT shifts a list's index; it would multiply a domain's value
             mutations[key] = list(domain.categories)

@@ -21,9 +21,11 @@ from evolve.agent.prompts import Candidate
 from evolve.messages import RecordError, TrialConfig, TrialOutcome
 from evolve.record.seals import sealed_paths, surface_violations
 from evolve.record.store import Store, atomic_write, parsed
+from evolve.record.weights import INHERIT, read_inherit
 from evolve.search import confirm
 from evolve.search import selection as pop
 from evolve.search.heuristic import crossover, perturb
+from evolve.search.inherit import inherit_refusal, inherit_tokens
 from evolve.variant import Variant
 
 MAX_DUPLICATE_TRIES = 20  # fresh mutations tried before a suggestion gives up
@@ -158,7 +160,7 @@ class EvolveSearcher(Searcher):
         self.confirm_live[trial_id] = (vid, seed)
         key = confirm.rerun_key(vid, seed)
         config = self._trial_config(vid, trial_id)
-        return config.replace(seed=seed, confirm=True, trial_key=key, checkpoint_tokens=0,
+        return config.replace(seed=seed, confirm=True, trial_key=key, checkpoint_tokens=0, keep_weights=False,
                               out_dir=str(Path(config.out_dir).parent / key)).to_dict()
 
     def _record_rerun(self, trial_id: str, result: dict | None, error: bool) -> None:
@@ -293,8 +295,21 @@ class EvolveSearcher(Searcher):
     def _trial_config(self, vid: str, trial_id: str) -> TrialConfig:
         run = Path(self.store.root).resolve()
         variant_dir = self.store.materialize(self.variants[vid], run / "work" / vid)
-        return TrialConfig.from_dict({**self.context, "variant_id": vid, "trial_id": trial_id,
-                                      "variant_dir": str(variant_dir), "out_dir": str(run / "trials" / vid)})
+        config = TrialConfig.from_dict({**self.context, "variant_id": vid, "trial_id": trial_id,
+                                        "variant_dir": str(variant_dir), "out_dir": str(run / "trials" / vid)})
+        op = self.spec.operator
+        if not op.inherit:
+            return config
+        config = config.replace(keep_weights=True)  # any variant may be a parent
+        v = self.variants[vid]
+        parent = v.parents[0] if v.parents else None
+        tokens = read_inherit(run, parent) if parent else None
+        if tokens is None or inherit_refusal(self.store.read_files(self.variants[parent]), self.store.read_files(v),
+                                             self.settings_file, op.shape_keys) is not None:
+            return config
+        return config.replace(resume_from=str(run / INHERIT / parent / "weights"), inherited_from=parent,
+                              inherited_tokens=tokens,
+                              train_tokens=inherit_tokens(op.inherit_tokens, self.spec.budget.train_tokens))
 
     def _record(self, vid: str, trial_id: str, outcome: TrialOutcome) -> None:
         row = result_row(self.variants[vid], trial_id, outcome)
@@ -397,6 +412,7 @@ def result_row(v: Variant, trial_id: str, outcome: TrialOutcome) -> dict:
         "finished_at": time.time(),
         "tokens_per_s": _times(summary.get("tokens_per_s"), summary.get("world_size")),
         "mfu": summary.get("mfu"), "gpu_hours": outcome.gpu_hours,
+        "inherited_from": outcome.inherited_from or None, "tokens_inherited": outcome.tokens_inherited or None,
     }
 
 

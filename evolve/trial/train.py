@@ -23,6 +23,7 @@ from evolve.errors import one_line
 from evolve.messages import RecordError, TrialConfig, TrialOutcome
 from evolve.rank import mfu
 from evolve.record.store import Store, atomic_write
+from evolve.record.weights import keep_weights
 from evolve.trial.evaluation import EvaluationError, max_weight_bytes, seal_model
 from evolve.trial.slots import LOST
 from evolve.warm import zygote
@@ -56,8 +57,9 @@ def train_variant(config: TrialConfig, on_report=None) -> TrialOutcome:
     slot = None
     while slot is None:  # every slot busy or starting: wait (Tune runs no more trials than slots)
         slot = ray.get(board.acquire.remote(SLOT_WAIT_S))
+    final: list[Path] = []  # the sealed copy of the final checkpoint, for children to inherit
     try:
-        errors = _run_on_slot(board, slot, config, on_report)
+        errors = _run_on_slot(board, slot, config, on_report, final)
     finally:  # also when Tune stops this trial: the relays then kill the job's children
         ray.get(board.release.remote(slot))
     summary = {}
@@ -74,6 +76,12 @@ def train_variant(config: TrialConfig, on_report=None) -> TrialOutcome:
     if not errors:
         metrics, eval_error = evaluate(out_dir, config)
     result = outcome(errors, summary, metrics, eval_error, config.metric)
+    for sealed in final:
+        if result.status == "completed":
+            keep_weights(Path(config.run_dir), config.variant_id, sealed, config.inherited_tokens + config.train_tokens)
+        shutil.rmtree(sealed.parent, ignore_errors=True)
+    if config.inherited_from:
+        result = result.replace(inherited_from=config.inherited_from, tokens_inherited=config.inherited_tokens)
     seconds = time.time() - t0
     r = config.resources
     shutil.rmtree(out_dir / "model", ignore_errors=True)  # weights are not kept
@@ -82,7 +90,7 @@ def train_variant(config: TrialConfig, on_report=None) -> TrialOutcome:
                           gpu_hours=mfu.gpu_hours(seconds, r.workers, r.gpus_per_worker))
 
 
-def _run_on_slot(board, slot: int, config: TrialConfig, on_report) -> dict:
+def _run_on_slot(board, slot: int, config: TrialConfig, on_report, final: list) -> dict:
     """Posts the job, streams its curve to `on_report`; returns {rank: reason} of failed ranks, first failure first."""
     import ray
 
@@ -100,6 +108,8 @@ def _run_on_slot(board, slot: int, config: TrialConfig, on_report) -> dict:
                     point = {**point, "checkpoint": str(seal_checkpoint(out_dir, point["checkpoint"]))}
                 except CheckpointRefused as e:
                     refused = str(e)
+                if refused is None and point.get("last") and config.keep_weights:  # kept for children, not Tune
+                    final.append(Path(point.pop("checkpoint")))
             if on_report is not None and refused is None:
                 on_report(point)
         cursor = st["cursor"]
