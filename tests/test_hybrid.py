@@ -229,3 +229,21 @@ def test_an_old_state_and_an_old_population_still_read(experiment, tmp_path):
     finish(old, "t0", cfg["variant_id"])
     pop = load_population(tmp_path / "run")
     assert pop["code_variant"].isna().all() and pop.code_variants().empty
+
+
+def test_a_tuning_trial_recorded_after_the_snapshot_counts_in_its_tuning(experiment, tmp_path):
+    s, _ = make(experiment, tmp_path / "run")
+    seed = s.suggest("t0")["variant_id"]
+    first = s.suggest("t1")["variant_id"]
+    s.save(tmp_path / "state.pkl")  # Tune's snapshot: the seed and one tuning trial out
+    late = s.suggest("t2")["variant_id"]  # asked after the snapshot, recorded before the kill
+    for tid, vid in (("t0", seed), ("t2", late)):
+        finish(s, tid, vid)
+    r, _ = make(experiment, tmp_path / "run")
+    r.restore(tmp_path / "state.pkl")
+    t = r.tunings[seed]
+    assert t.trials == [seed, first, late] and (t.asked, t.done) == (3, 2) and not t.to_ask()
+    assert r.tuning_of[late] == seed and not t.finished()
+    finish(r, "t1", first)  # the trial Tune still had live finishes the tuning
+    assert t.finished() and t.best in (seed, first, late) and t.best in r.scores
+    assert len(t.study.trials) == 3 and all(tr.state.name == "COMPLETE" for tr in t.study.trials)
