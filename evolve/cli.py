@@ -143,6 +143,27 @@ def show_prompt(run_dir: str, vid: str, record: dict) -> None:
     print(f"--- reply ---\n{last['reply']}")
 
 
+def tuning_lines(pop, vid: str, record: dict) -> list[str]:
+    """Hybrid: a code variant's tuning (its trials and tuned best), or which code variant a tuning trial tuned."""
+    from evolve.read.population import fmt
+
+    cv = record.get("code_variant")
+    if not cv:
+        return []
+    if cv != vid:
+        return [f"tuning: trial {record.get('trial', '?')} of code variant {cv}: {json.dumps(record.get('values', {}), sort_keys=True)}"]
+    table = pop.code_variants()
+    rows = table[table["code_variant"] == vid]
+    if rows.empty:
+        return ["tuning: code variant, no trial finished yet"]
+    r = rows.iloc[0]
+    best = (f"best {r['best_variant']} {fmt(r['best_fitness'])} "
+            f"{'(as written)' if r['best_variant'] == vid else json.dumps(r['best_values'], sort_keys=True)}"
+            if r["best_variant"] else "every trial failed")
+    return [f"tuning: code variant, {r['trials']} trials ({r['completed']} completed), "
+            f"as written {fmt(r['as_written'])}, {best}"]
+
+
 def cmd_show(args) -> int:
     from evolve.read.population import diff_against_parent, fmt, resolve
     from evolve.read.status import population
@@ -170,6 +191,8 @@ def cmd_show(args) -> int:
         step = max(1, -(-len(curve) // 8))  # at most about 8 points, the last always
         for tokens, train_loss, dev_loss in curve[::-1][::step][::-1]:
             print(f"  curve tokens {tokens:>9,}  train {train_loss:.4f}  dev {dev_loss:.4f}")
+    for line in tuning_lines(pop, vid, v.record):
+        print(line)
     print(diff_against_parent(args.run_dir, vid) or "(no diff: the seed)")
     if args.prompt:
         show_prompt(args.run_dir, vid, v.record)

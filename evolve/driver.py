@@ -193,7 +193,7 @@ def hold_api_keys(spec: Spec) -> None:
     """
     from evolve.agent.client import has_key, hold_keys  # the LLM clients (openai) only when an agent writes
 
-    if spec.operator.kind != "llm":
+    if spec.operator.kind not in ("llm", "hybrid"):
         return
     for m in model_entries(spec.operator):
         name = m["api_key_env"]

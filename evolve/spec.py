@@ -74,6 +74,8 @@ class Heuristic:
     crossover_rate: float = doc(0.25, "chance a child mixes two parents")
 
 
+OPERATOR_KINDS = ("heuristic", "llm", "hybrid")
+HYBRID_SAMPLERS = ("tpe", "cmaes")
 MODEL_FIELDS = ("model", "weight", "backend", "base_url", "api_key_env", "temperature",
                 "max_tokens", "price_prompt", "price_completion")
 
@@ -87,7 +89,7 @@ class Operator:
     one is drawn per proposal by `weight`.
     """
 
-    kind: str = doc("heuristic", "\"heuristic\" or \"llm\"")
+    kind: str = doc("heuristic", "\"heuristic\", \"llm\" or \"hybrid\" (the LLM, or with no endpoint the heuristic operator, writes each code variant; a classical optimiser then tunes its numbers)")
     backend: str = doc("openai", "\"openai\": any OpenAI-compatible endpoint; \"transformers\": a local folder")
     base_url: str = doc("", "e.g. http://127.0.0.1:8000/v1; empty: no endpoint (the heuristic operator runs)")
     model: str = doc("", "the model's name at the endpoint, or the folder of a local transformers model")
@@ -112,6 +114,8 @@ class Operator:
     inherit: bool = doc(False, "a child that changes only settings outside `shape_keys` continues from its parent's final weights (as PBT's exploit does) instead of training from scratch")
     inherit_tokens: int = doc(0, "tokens an inheriting child trains on top of its parent's weights (0: a quarter of budget.train_tokens)")
     shape_keys: list = doc_factory(lambda: ["n_layer", "n_embd", "n_head", "seq_len"], "settings keys that shape the weights: a child that changes one (or any code) trains from scratch; PBT never perturbs them")
+    hybrid_trials: int = doc(4, "hybrid: trials per code variant, the code variant as written included; the rest sample its numbers")
+    hybrid_sampler: str = doc("tpe", "hybrid: Optuna's sampler over the numbers, \"tpe\" or \"cmaes\" (needs the cmaes package)")
     heuristic: Heuristic = doc_factory(Heuristic, "what the heuristic operator may change (below)")
 
 
@@ -425,8 +429,13 @@ def model_entries(op: Operator) -> list[dict]:
 
 
 def _check_operator(op: Operator) -> None:
-    if op.kind not in ("heuristic", "llm"):
-        raise SpecError(f"operator.kind: unknown operator {op.kind!r} (available: heuristic, llm)")
+    if op.kind not in OPERATOR_KINDS:
+        raise SpecError(f"operator.kind: unknown operator {op.kind!r} (available: {', '.join(OPERATOR_KINDS)})")
+    if op.hybrid_trials < 1:
+        raise SpecError(f"operator.hybrid_trials: must be at least 1, got {op.hybrid_trials!r}")
+    if op.hybrid_sampler not in HYBRID_SAMPLERS:
+        raise SpecError(f"operator.hybrid_sampler: expected one of {', '.join(HYBRID_SAMPLERS)}, "
+                        f"got {op.hybrid_sampler!r}")
     _check_numbers("operator", {k: getattr(op, k) for k in MODEL_FIELDS if k != "weight"} | {"weight": 1.0})
     model_entries(op)
     for name in ("repair_rounds", "ahead", "smoke_steps", "notebook_every", "retries"):

@@ -16,6 +16,15 @@ The reply format (also shown to the agent in every prompt):
     (the whole new file)
     ```
 
+Under `operator.kind: hybrid` a TUNABLE block may follow the rationale,
+before the first FILE: settings keys a classical optimiser tunes, each
+with a range, `log` for a log-uniform one (`parse_tunable`, then
+`check_tunable` against the child's settings file):
+
+    TUNABLE:
+    lr: [1.0e-4, 1.0e-2] log
+    warmup_frac: [0.0, 0.2]
+
 Strict where it matters (every edit names a file, a SEARCH text must match
 exactly once) and forgiving where it is safe (code fences around blocks,
 trailing spaces, CRLF line ends). Pure functions; errors are one line.
@@ -24,10 +33,14 @@ trailing spaces, CRLF line ends). Pure functions; errors are one line.
 from __future__ import annotations
 
 import fnmatch
+import math
 import re
 from dataclasses import dataclass
 
+import yaml
+
 MAX_REPLY_CHARS = 200_000  # a longer reply is rejected before parsing
+MAX_TUNABLE = 8  # keys one TUNABLE block may declare
 
 
 class EditError(ValueError):
@@ -58,7 +71,7 @@ def parse_reply(text: str) -> tuple[str, list[Edit]]:
     if len(text) > MAX_REPLY_CHARS:
         raise EditError(f"reply is {len(text):,} characters, over the limit of {MAX_REPLY_CHARS:,}")
     text = _normalise(text)
-    m = re.search(r"RATIONALE:\s*(?P<r>.*?)(?=^\s*FILE:|\Z)", text, re.S | re.M)
+    m = re.search(r"RATIONALE:\s*(?P<r>.*?)(?=^\s*(?:FILE|TUNABLE):|\Z)", text, re.S | re.M)
     rationale = " ".join(m["r"].split()) if m else ""
     if not rationale:
         raise EditError("reply has no RATIONALE")
@@ -79,6 +92,99 @@ def parse_reply(text: str) -> tuple[str, list[Edit]]:
             raise EditError(f"FILE: {path}: expected SEARCH/REPLACE blocks or one fenced whole file")
         edits.append(Edit(path, None, fence["body"] + "\n"))
     return rationale, edits
+
+
+_TUNABLE = re.compile(r"^\s*TUNABLE:[ \t]*$", re.M)
+_RANGE = re.compile(r"^(?P<key>[A-Za-z_][\w\-]*(?:\.[A-Za-z_][\w\-]*)*)\s*:\s*\[(?P<lo>[^,\]]*),(?P<hi>[^\]]*)\]"
+                    r"\s*(?P<log>\w+)?$")
+
+
+def _bound(key: str, text: str) -> float:
+    try:
+        v = float(text.strip())
+    except ValueError:
+        raise EditError(f"TUNABLE: {key}: {text.strip()!r} is not a number") from None
+    if not math.isfinite(v):
+        raise EditError(f"TUNABLE: {key}: {text.strip()!r} is not a finite number")
+    return v
+
+
+def parse_tunable(text: str) -> dict[str, list]:
+    """Returns {key: [low, high, log]} of a reply's TUNABLE block ({} without one); raises EditError.
+
+    The block starts at a `TUNABLE:` line before the first FILE line and
+    ends at a blank line or a FILE line; each line is `key: [low, high]`,
+    optionally followed by `log`.
+    """
+    text = _normalise(text or "")
+    head = _FILE.search(text)
+    before = text[:head.start()] if head else text
+    m = _TUNABLE.search(before)
+    if m is None:
+        return {}
+    out: dict[str, list] = {}
+    for line in before[m.end():].lstrip("\n").split("\n"):
+        line = line.strip().strip("`")
+        if not line:
+            break
+        r = _RANGE.match(line)
+        if r is None:
+            raise EditError(f"TUNABLE: expected 'key: [low, high]' or 'key: [low, high] log', got {line[:80]!r}")
+        key = r["key"]
+        if key in out:
+            raise EditError(f"TUNABLE: {key}: declared twice")
+        if r["log"] not in (None, "log"):
+            raise EditError(f"TUNABLE: {key}: expected 'log' or nothing after the range, got {r['log']!r}")
+        lo, hi = _bound(key, r["lo"]), _bound(key, r["hi"])
+        if not lo < hi:
+            raise EditError(f"TUNABLE: {key}: low {lo:g} is not below high {hi:g}")
+        if r["log"] and lo <= 0:
+            raise EditError(f"TUNABLE: {key}: a log range needs low above 0, got {lo:g}")
+        out[key] = [lo, hi, bool(r["log"])]
+        if len(out) > MAX_TUNABLE:
+            raise EditError(f"TUNABLE: more than {MAX_TUNABLE} keys")
+    if not out:
+        raise EditError("TUNABLE: the block declares no key")
+    return out
+
+
+def check_tunable(tunable: dict, settings: bytes | None, settings_file: str) -> dict[str, list]:
+    """Returns the declared ranges checked against the child's settings file; raises EditError.
+
+    Each key must hold a number (not a boolean) in the file; an integer
+    key's range is rounded inward to whole numbers.
+    """
+    if not tunable:
+        return {}
+    try:
+        flat = _flat(yaml.safe_load((settings or b"").decode()) or {})
+    except (UnicodeDecodeError, yaml.YAMLError):
+        raise EditError(f"TUNABLE: {settings_file} is not readable YAML") from None
+    out = {}
+    for key, (lo, hi, log) in tunable.items():
+        if key not in flat:
+            raise EditError(f"TUNABLE: {key}: not a key of {settings_file}")
+        v = flat[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise EditError(f"TUNABLE: {key}: {v!r} in {settings_file} is not a number")
+        if isinstance(v, int):
+            lo, hi = math.ceil(lo), math.floor(hi)
+            if not lo < hi:
+                raise EditError(f"TUNABLE: {key}: an integer key needs two whole numbers in its range")
+        out[key] = [lo, hi, log]
+    return out
+
+
+def _flat(d, prefix: str = "") -> dict:
+    if not isinstance(d, dict):
+        return {}
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def _find(lines: list[str], search: list[str]) -> list[int]:

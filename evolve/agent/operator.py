@@ -30,7 +30,8 @@ from pathlib import Path
 from evolve.agent import audit, notebook, outbox
 from evolve.agent.cascade import STAGES, Rejected, smoke_task
 from evolve.agent.client import hold_keys, pick
-from evolve.agent.prompts import Candidate, child_messages, notebook_messages, prompt_hash
+from evolve.agent.edits import MAX_TUNABLE
+from evolve.agent.prompts import Candidate, child_messages, notebook_messages, prompt_hash, tunable_format
 from evolve.agent.replies import ReplyCache
 from evolve.agent.writer import Agent, Outcome, Request
 from evolve.record.store import Store
@@ -99,7 +100,7 @@ class LLMOperator:
     # -- the searcher's questions ------------------------------------------------
     def start(self) -> None:
         if self.state == "off":
-            self.say_once("off", "evolve: operator.kind is llm but no endpoint is configured "
+            self.say_once("off", f"evolve: operator.kind is {self.op.kind} but no endpoint is configured "
                                  "(operator.base_url is empty); the heuristic operator writes every child")
 
     @property
@@ -256,6 +257,8 @@ class LLMOperator:
                       "price": out.price, "latency_s": round(out.latency_s, 3),
                       "repairs": len(out.calls) - 1, "notebook_version": req.notebook_version,
                       "smoke_seconds": out.smoke_seconds}
+            if out.tunable:
+                record["tunable"] = out.tunable
             child = Variant(files=self.store.put_files(out.files), parents=(req.parent_id,),
                             operator="llm", record=record, island=req.island)
             if audited and child.id in known:  # accepted, then trained, after the snapshot
@@ -312,17 +315,27 @@ class LLMOperator:
         audit.append(self.store.root, rows)
 
     # -- requests ---------------------------------------------------------------------
+    @property
+    def settings_file(self) -> str:
+        """Hybrid: the settings file a reply's TUNABLE block names keys of (relative to the scaffold); else ""."""
+        if self.op.kind != "hybrid":
+            return ""
+        return self.op.heuristic.file[len(self.spec.scaffold.rstrip("/") + "/"):]
+
     def _child_request(self, brief: Brief, known: frozenset) -> Request:
+        settings = self.settings_file
         messages = child_messages(brief.parent, list(brief.inspirations), list(self.recent_failures),
                                   self.notebook_text, self.spec.objective.metric, self.spec.objective.mode,
-                                  sealed=tuple(self.sealed_in_scaffold))
+                                  sealed=tuple(self.sealed_in_scaffold),
+                                  tunable=tunable_format(settings, MAX_TUNABLE) if settings else "")
         h = prompt_hash(messages)
         return Request(proposal_id=f"{self.n_requests:05d}-{h[:8]}", purpose="child", messages=messages,
                        model=pick(self.rng, self.entries), prompt_hash=h, parent_id=brief.parent.variant_id,
                        island=brief.island, parent_files=brief.parent_files, mutable=list(self.mutable),
                        sealed=list(self.spec.sealed) + list(self.sealed_in_scaffold),
                        known_ids=known | {r.id for r in self.ready},
-                       repair_rounds=self.op.repair_rounds, notebook_version=self.notebook_version)
+                       repair_rounds=self.op.repair_rounds, notebook_version=self.notebook_version,
+                       settings_file=settings)
 
     def _notebook_request(self) -> Request:
         events, self.events = self.events, []

@@ -29,7 +29,7 @@ def keep(store: Store, out: Outcome) -> Path:
             "ok": out.ok, "stage": out.stage, "reason": out.reason,
             "files": store.put_files(out.files) if out.files is not None else None,
             "rationale": out.rationale, "changes": out.changes, "text": out.text,
-            "calls": out.calls, "smoke_seconds": out.smoke_seconds}
+            "calls": out.calls, "smoke_seconds": out.smoke_seconds, "tunable": out.tunable}
     path = store.root / FOLDER / f"{req.proposal_id}.json"
     atomic_write(path, json.dumps(data, sort_keys=True).encode())
     return path
@@ -48,7 +48,8 @@ def load(store: Store, skip: set[str] = frozenset()) -> tuple[list[Outcome], lis
                      if data["files"] is not None else None)
             outs.append(Outcome(req, data["ok"], data["stage"], data["reason"], files=files,
                                 rationale=data["rationale"], changes=data["changes"], text=data["text"],
-                                calls=data["calls"], smoke_seconds=data["smoke_seconds"]))
+                                calls=data["calls"], smoke_seconds=data["smoke_seconds"],
+                                tunable=data.get("tunable") or {}))  # none kept before the hybrid search
         except (OSError, ValueError, KeyError, TypeError, FileNotFoundError) as e:
             bad.append(f"{FOLDER}/{path.name} is unreadable ({' '.join(str(e).split())[:200]}); left out")
     return sorted(outs, key=lambda o: o.request.created_at), bad

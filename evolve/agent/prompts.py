@@ -37,6 +37,26 @@ is better. Propose one focused change that should beat the parent.
 
 """ + FORMAT
 
+TUNABLE_FORMAT = """
+
+Your child's numbers are then tuned by a classical optimiser over a few \
+trials, and its best trial is its score. After the RATIONALE and before the \
+first FILE you may declare up to {most} more numbers of {settings} to tune, \
+one per line, each with a range (`log` for a log-uniform one, low above 0):
+
+TUNABLE:
+<key of {settings}, dotted when nested>: [<low>, <high>] log
+<another key>: [<low>, <high>]
+
+Each key must hold a number in {settings}; leave the block out when there \
+is nothing to declare."""
+
+
+def tunable_format(settings: str, most: int) -> str:
+    """The paragraph the hybrid search adds to a prompt's format: how to declare tunable numbers."""
+    return TUNABLE_FORMAT.format(settings=settings, most=most)
+
+
 NOTEBOOK_SYSTEM = """You keep the research notebook of an evolutionary search \
 over training recipes. Rewrite it as at most 15 short bullet points: what was \
 tried, what helped (with numbers), what failed and why, and what to try next. \
@@ -91,8 +111,8 @@ def _files_block(files: dict) -> str:
 
 def child_messages(parent: Candidate, inspirations: list[Candidate], failures: list[str],
                    notebook: str, metric: str, mode: str, guidelines: str = "guidelines.md",
-                   sealed: tuple = ()) -> list[dict]:
-    """Returns the chat messages asking for one child of `parent`."""
+                   sealed: tuple = (), tunable: str = "") -> list[dict]:
+    """Returns the chat messages asking for one child of `parent`; `tunable`: `tunable_format`'s paragraph, if any."""
     for c in [parent, *inspirations]:
         leaked = sorted(p for p in c.files if p in sealed)
         if leaked:
@@ -115,14 +135,14 @@ def child_messages(parent: Candidate, inspirations: list[Candidate], failures: l
         parts.append("## Recent children that failed\n" + "\n".join(f"- {f}" for f in failures))
     parts.append(f"Mutable files: {', '.join(sorted(parent.files))}. "
                  f"Write one child of {parent.variant_id}; {direction} {metric} is better.")
-    system = SYSTEM.format(direction=direction, metric=metric)
+    system = SYSTEM.format(direction=direction, metric=metric) + tunable
     return [{"role": "system", "content": system}, {"role": "user", "content": "\n\n".join(parts)}]
 
 
-def repair_messages(messages: list[dict], reply: str, error: str) -> list[dict]:
+def repair_messages(messages: list[dict], reply: str, error: str, tunable: str = "") -> list[dict]:
     """Returns the conversation extended with the rejected reply and why it was rejected."""
     return messages + [{"role": "assistant", "content": reply},
-                       {"role": "user", "content": f"That reply was rejected: {error}\n\n{FORMAT}"}]
+                       {"role": "user", "content": f"That reply was rejected: {error}\n\n{FORMAT}{tunable}"}]
 
 
 def notebook_messages(notebook: str, events: list[dict]) -> list[dict]:

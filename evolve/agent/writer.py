@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 from evolve.agent.cascade import Rejected, check_reply
 from evolve.agent.client import Completion, LLMError, make_client, price
-from evolve.agent.prompts import NOTEBOOK_MAX_CHARS, repair_messages
+from evolve.agent.edits import MAX_TUNABLE, EditError, check_tunable, parse_tunable
+from evolve.agent.prompts import NOTEBOOK_MAX_CHARS, repair_messages, tunable_format
 from evolve.errors import one_line
 
 
@@ -39,6 +40,7 @@ class Request:
     repair_rounds: int = 1
     notebook_version: int = 0
     created_at: float = field(default_factory=time.time)
+    settings_file: str = ""  # hybrid: the settings file a TUNABLE block names keys of; empty: no block read
 
 
 @dataclass
@@ -53,6 +55,7 @@ class Outcome:
     text: str = ""  # the new notebook, when ok
     calls: list = field(default_factory=list)  # one dict per LLM call, for the audit
     smoke_seconds: float | None = None
+    tunable: dict = field(default_factory=dict)  # hybrid: key -> [low, high, log] the reply declared
 
     @property
     def prompt_tokens(self) -> int:
@@ -110,14 +113,34 @@ def write_child(req: Request, client, entry: dict, smoke=None, cache=None) -> Ou
         try:
             files, rationale, changes = check_reply(c.text, req.parent_files, req.mutable, req.sealed,
                                                     req.known_ids)
+            tunable = reply_tunable(c.text, files, req.settings_file)
             seconds = smoke(files) if smoke is not None else None
             return Outcome(req, True, files=files, rationale=rationale, changes=changes, calls=calls,
-                           smoke_seconds=seconds)
+                           smoke_seconds=seconds, tunable=tunable)
         except Rejected as r:
             last = r
             row.update(stage=r.stage, reason=r.reason)
-            messages = repair_messages(messages, c.text, f"{r.stage}: {r.reason}")
+            fmt = tunable_format(req.settings_file, MAX_TUNABLE) if req.settings_file else ""
+            messages = repair_messages(messages, c.text, f"{r.stage}: {r.reason}", fmt)
     return Outcome(req, False, last.stage, last.reason, calls=calls)
+
+
+def reply_tunable(reply: str, files: dict, settings_file: str) -> dict:
+    """The reply's TUNABLE block checked against the child's settings file; {} when not asked for (no file).
+
+    Raises Rejected: "parse" for a malformed block, "policy" for a key the
+    file does not hold as a number.
+    """
+    if not settings_file:
+        return {}
+    try:
+        declared = parse_tunable(reply)
+    except EditError as e:
+        raise Rejected("parse", str(e)) from None
+    try:
+        return check_tunable(declared, files.get(settings_file), settings_file)
+    except EditError as e:
+        raise Rejected("policy", str(e)) from None
 
 
 def write_notebook(req: Request, client, entry: dict, cache=None) -> Outcome:

@@ -11,7 +11,9 @@ folder (`path_to` takes the function that reads each diff from the store):
   children, and each generation, improve on their first parent;
 - `costs` and `pareto_front`: fitness against compute seconds and LLM
   tokens, and the variants no other beats on both;
-- `curves`: chosen variants' learning curves as one long table.
+- `curves`: chosen variants' learning curves as one long table;
+- `code_variants`: a hybrid search's code variants, each with its tuning
+  trials, its fitness as written and its tuned best.
 """
 
 from __future__ import annotations
@@ -156,3 +158,33 @@ def path_to(pop, vid: str, diff) -> list[dict]:
                     "rationale": record.get("rationale", ""), "fitness": r["fitness"] if r is not None else None,
                     "diff": diff(v)})
     return out
+
+
+def code_variants(pop: pd.DataFrame, mode: str = "min") -> pd.DataFrame:
+    """Per code variant of a hybrid search: its operator, trials, completed, fitness as written, tuned best and values.
+
+    Reads the `code_variant` of each row's record (a code variant names
+    itself, a tuning trial its code variant); a run that tuned nothing
+    gives an empty table.
+    """
+    cols = ["code_variant", "operator", "trials", "completed", "as_written", "best_variant", "best_fitness",
+            "best_values"]
+    records = [r if isinstance(r, dict) else {} for r in pop["record"]]
+    fit = pd.to_numeric(pop["fitness"], errors="coerce").to_numpy(dtype=float)
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(records):
+        if r.get("code_variant"):
+            groups[r["code_variant"]].append(i)
+    ids = pop["variant_id"].tolist()
+    rows = []
+    for cv, idx in groups.items():
+        own = next((i for i in idx if ids[i] == cv), None)
+        done = [i for i in idx if np.isfinite(fit[i])]
+        best = (min if mode == "min" else max)(done, key=lambda i: fit[i]) if done else None
+        rows.append({"code_variant": cv, "operator": pop["operator"].iloc[own] if own is not None else None,
+                     "trials": len(idx), "completed": len(done),
+                     "as_written": fit[own] if own is not None else np.nan,
+                     "best_variant": ids[best] if best is not None else None,
+                     "best_fitness": fit[best] if best is not None else np.nan,
+                     "best_values": (records[best].get("values") or {}) if best is not None else {}})
+    return pd.DataFrame(rows, columns=cols)

@@ -79,6 +79,10 @@ class Population(pd.DataFrame):
     def operator_stats(self) -> pd.DataFrame:
         return lineage.operator_stats(self, self.mode)
 
+    def code_variants(self) -> pd.DataFrame:
+        """Hybrid: per code variant, its trials, its fitness as written and its tuned best (empty for other runs)."""
+        return lineage.code_variants(self, self.mode)
+
     def generation_stats(self) -> pd.DataFrame:
         return lineage.generation_stats(self, self.mode)
 
@@ -145,6 +149,8 @@ def load_population(run_dir: str | Path) -> Population:
     for col in ("record", "metrics"):
         df[col] = _json_column(table.column(col).to_pylist())
     out = Population(df[list(table.column_names)])  # the table's column order
+    # hybrid: each trial's code variant (a code variant names itself); None in other runs and older ones
+    out["code_variant"] = [r.get("code_variant") if isinstance(r, dict) else None for r in out["record"]]
     out.run_dir = run_dir
     out.mode = _mode(run_dir)
     out.attrs["unreadable"] = store.unreadable

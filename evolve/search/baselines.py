@@ -31,8 +31,9 @@ import yaml
 from evolve.driver import init_ray, prepare_run, scaffold_files
 from evolve.record.store import Store, atomic_write
 from evolve.search.heuristic import mutable_keys
+from evolve.search.hybrid import settings_text  # the seed's settings YAML with sampled values written in place
 from evolve.search.searcher import read_outcome, result_row
-from evolve.search.yamledit import flatten, set_value
+from evolve.search.yamledit import flatten
 from evolve.messages import TrialConfig
 from evolve.spec import Spec
 from evolve.trial.slots import SlotPool
@@ -69,17 +70,6 @@ def search_space(spec: Spec, settings_text: str) -> dict:
             else:
                 space[key] = tune.loguniform(lo, hi) if log and lo > 0 else tune.uniform(lo, hi)
     return space
-
-
-def settings_text(seed_text: str, values: dict) -> str:
-    """Returns the seed's settings YAML with `values` written in place (comments kept)."""
-    text = seed_text
-    for key in sorted(values):
-        v = values[key]
-        if isinstance(v, float):
-            v = float(f"{v:.4g}")
-        text = set_value(text, key, v)
-    return text
 
 
 def baseline_trainable(config: dict, ctx: dict) -> None:

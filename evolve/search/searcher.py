@@ -7,6 +7,7 @@ finished trial is written to the store before the searcher counts it.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import math
 import pickle
@@ -22,7 +23,7 @@ from evolve.messages import RecordError, TrialConfig, TrialOutcome
 from evolve.record.seals import sealed_paths, surface_violations
 from evolve.record.store import Store, atomic_write, parsed
 from evolve.record.weights import INHERIT, read_inherit
-from evolve.search import confirm
+from evolve.search import confirm, hybrid, studies
 from evolve.search import selection as pop
 from evolve.search.heuristic import crossover, perturb
 from evolve.search.inherit import inherit_refusal, inherit_tokens
@@ -70,8 +71,14 @@ class EvolveSearcher(Searcher):
         self.seed_id = seed.id
         self._pending_seed = seed
         self.n_briefs = 0  # drives the islands' round robin of the agent's requests
+        # hybrid: each code variant's tuning (evolve.search.hybrid), and the code variant of each trial
+        self.hybrid = spec.operator.kind == "hybrid"
+        self.tunings: dict[str, hybrid.Tuning] = {}
+        self.tuning_of: dict[str, str] = {}
+        if self.hybrid:
+            studies.check_sampler(spec.operator.hybrid_sampler)  # one line, before anything starts
         self.llm = (LLMOperator(spec, trial_context, self.mutable, self.sealed_in_scaffold, log)
-                    if spec.operator.kind == "llm" else None)
+                    if spec.operator.kind in ("llm", "hybrid") else None)
         if self.llm is not None:  # the agent starts on the seed's children before Tune starts
             self._admit(seed)
             self.llm.start()
@@ -87,6 +94,12 @@ class EvolveSearcher(Searcher):
         if self._pending_seed is not None:
             child, self._pending_seed = self._pending_seed, None
         else:
+            if self.hybrid:
+                config = self._suggest_tuning(trial_id)
+                if config is not None:
+                    return config
+                if not self.scores and any(not t.finished() for t in self.tunings.values()):
+                    return None  # new code comes only from tuned code variants: wait for a tuning to finish
             if self.llm is not None:
                 self.agent_turn()
             got = self.llm.take(frozenset(self.variants)) if self.llm is not None else None
@@ -208,6 +221,8 @@ class EvolveSearcher(Searcher):
 
     def __setstate__(self, state):
         self.__dict__.update(state)
+        for name, default in (("hybrid", False), ("tunings", {}), ("tuning_of", {})):
+            self.__dict__.setdefault(name, default)  # a state saved before the hybrid search
         if "n_briefs" not in state:  # a state saved when the agent kept this count itself
             self.n_briefs = getattr(self.llm, "n_child_requests", 0) if self.llm is not None else 0
         self.log = self.log or print
@@ -220,6 +235,9 @@ class EvolveSearcher(Searcher):
         known = frozenset(self.variants)
         self.llm.absorb(known)
         left = self.spec.budget.trials - self.n_suggested - (self._pending_seed is not None)
+        if self.hybrid:
+            left = hybrid_code_left(left, [t.target - t.asked for t in self.tunings.values() if t.to_ask()],
+                                    self.spec.operator.hybrid_trials, bool(self.scores))
         self.llm.submit([self._brief() for _ in range(self.llm.wants(left))], known)
 
     def _brief(self) -> Brief:
@@ -279,6 +297,8 @@ class EvolveSearcher(Searcher):
         return None
 
     def _admit(self, child: Variant) -> None:
+        if self.hybrid:  # the seed is admitted twice when an agent writes: once is its record made
+            child = self.variants.get(child.id, child) if child.id in self.tuning_of else self._start_tuning(child)
         self.store.put_variant(child)
         self.variants[child.id] = child
         homes = range(len(self.islands)) if child.id == self.seed_id else [child.island]
@@ -302,7 +322,8 @@ class EvolveSearcher(Searcher):
             return config
         config = config.replace(keep_weights=True)  # any variant may be a parent
         v = self.variants[vid]
-        parent = v.parents[0] if v.parents else None
+        # a hybrid study compares its trials like with like: each trains from scratch
+        parent = v.parents[0] if v.parents and v.operator != "tune" else None
         tokens = read_inherit(run, parent) if parent else None
         if tokens is None or inherit_refusal(self.store.read_files(self.variants[parent]), self.store.read_files(v),
                                              self.settings_file, op.shape_keys) is not None:
@@ -331,15 +352,126 @@ class EvolveSearcher(Searcher):
                              "metrics": row["metrics"], "tokens_per_s": _finite(row.get("tokens_per_s")),
                              "mfu": _finite(row.get("mfu")), "trial_seconds": _finite(row.get("trial_seconds"))}
         score = pop.score(fitness, self.spec.objective.mode)
-        if math.isfinite(score):
-            self.scores[vid] = score
-            if self._best is None or score > self.scores[self._best]:
-                self._best = vid
-            for i, members in enumerate(self.on_island):
-                if vid in members:
-                    self.island_scored[i].append((vid, score))
+        if math.isfinite(score) and (self._best is None or score > self._score_of(self._best)):
+            self._best = vid
+        if self.hybrid:  # a trial is a parent only as the best of a code variant's finished tuning
+            self._tuned(vid, row)
+        elif math.isfinite(score):
+            self._select_from(vid, score)
         self.n_recorded += 1
         self._migrate_if_due()
+
+    def _score_of(self, vid: str) -> float:
+        return pop.score(self.results[vid]["fitness"], self.spec.objective.mode)
+
+    def _select_from(self, vid: str, score: float) -> None:
+        """Makes `vid` a member to select parents from, on every island it is on."""
+        self.scores[vid] = score
+        for i, members in enumerate(self.on_island):
+            if vid in members:
+                self.island_scored[i].append((vid, score))
+
+    # -- hybrid: code variants tuned by Optuna (evolve.search.hybrid, evolve.search.studies) --------
+    def _start_tuning(self, child: Variant) -> Variant:
+        """Takes in a code variant, or a tuning trial read back from the store after a resume; returns it to admit.
+
+        A code variant gets its study and a record naming it as its own
+        code variant, with its space; its own trial is the first of its tuning.
+        """
+        cv = child.record.get("code_variant")
+        if child.operator == "tune" and cv in self.tunings:  # suggested after the snapshot
+            t = self.tunings[cv]
+            t.asked += 1
+            t.trials.append(child.id)
+            self.tuning_of[child.id] = cv
+            return child
+        op = self.spec.operator
+        text = self.store.read_files(child)[self.settings_file].decode("utf-8", "replace")
+        space = hybrid.tuning_space(text, op.heuristic, child.record.get("tunable"))
+        study = (studies.new_study(op.hybrid_sampler, self.spec.seed + len(self.tunings), self.spec.objective.mode,
+                                   op.hybrid_trials) if space and op.hybrid_trials > 1 else None)
+        self.tunings[child.id] = hybrid.Tuning(child.id, space, op.hybrid_trials, study, trials=[child.id])
+        self.tuning_of[child.id] = child.id
+        record = {**child.record, "code_variant": child.id,
+                  "tuning": {"trials": op.hybrid_trials, "sampler": op.hybrid_sampler, "keys": sorted(space)}}
+        return dataclasses.replace(child, record=record)
+
+    def _suggest_tuning(self, trial_id: str) -> dict | None:
+        """The config of the next tuning trial of the oldest code variant with one to ask, or None."""
+        for cv, t in self.tunings.items():
+            while t.to_ask():
+                child = self._ask(cv, t)
+                if child is None:
+                    continue
+                self._admit(child)
+                self.live[trial_id] = child.id
+                self.n_suggested += 1
+                return self._trial_config(child.id, trial_id).to_dict()
+        return None
+
+    def _ask(self, cv: str, t: hybrid.Tuning) -> Variant | None:
+        """Asks the study of `cv` for settings not trained yet; None when a draw is a known variant (told as such)."""
+        files = self.store.read_files(self.variants[cv])
+        try:
+            number, values = studies.ask(t)
+            text = hybrid.settings_text(files[self.settings_file].decode(), values)
+        except (KeyError, ValueError) as e:  # a settings file the values cannot be written into
+            self.log(f"evolve: hybrid: {cv[:8]}: tuning stops: {' '.join(str(e).split())[:200]}")
+            t.exhausted = True
+            self._finish_if_done(cv, t)
+            return None
+        shown = hybrid.written(values)
+        child = Variant(files=self.store.put_files({**files, self.settings_file: text.encode()}), parents=(cv,),
+                        operator="tune", island=self.variants[cv].island,
+                        record={"kind": "tune", "code_variant": cv, "values": shown, "trial": t.asked + 1,
+                                "rationale": f"tuning trial {t.asked + 1} of {cv[:8]}: "
+                                             + ", ".join(f"{k} {v!r}" for k, v in shown.items())})
+        if child.id in self.variants:  # drawn before: the study learns what it scored (pruned: still training)
+            r = self.results.get(child.id)
+            studies.tell_number(t, number, r["fitness"] if r else None, r["status"] if r else "stopped")
+            t.duplicates += 1
+            if t.duplicates >= MAX_DUPLICATE_TRIES:
+                t.exhausted = True
+                self._finish_if_done(cv, t)
+            return None
+        t.asked += 1
+        t.trials.append(child.id)
+        t.numbers[child.id] = number
+        self.tuning_of[child.id] = cv
+        return child
+
+    def _tuned(self, vid: str, row: dict) -> None:
+        """Tells the study of the trial's code variant how it did; the last trial finishes the tuning."""
+        cv = self.tuning_of.get(vid)
+        t = self.tunings.get(cv)
+        if t is None:
+            return
+        v = self.variants[vid]
+        values = (v.record.get("values") if v.operator == "tune"
+                  else hybrid.current_values(self.store.read_files(v)[self.settings_file].decode(), t.space))
+        if t.study is not None:
+            studies.tell(t, vid, values or {}, row["fitness"], row["status"])
+        t.done += 1
+        self._finish_if_done(cv, t)
+
+    def _finish_if_done(self, cv: str, t: hybrid.Tuning) -> None:
+        """When every trial of `cv` is back: its best trial (the code with its tuned numbers) becomes selectable."""
+        if not t.finished() or t.best is not None or cv in self.scores:
+            return
+        scored = [(self._score_of(v), v) for v in t.trials if v in self.results]
+        scored = [(sc, v) for sc, v in scored if math.isfinite(sc)]
+        if not scored:
+            self.log(f"evolve: hybrid: code variant {cv[:8]}: every one of its {t.done} trials failed")
+            return
+        score, best = max(scored)
+        t.best = best
+        for i, members in enumerate(self.on_island):  # the best joins its code variant's islands
+            if cv in members and best not in members:
+                self._join(i, best)
+        self._select_from(best, score)
+        values = self.variants[best].record.get("values") if best != cv else "as written"
+        self.log(f"evolve: hybrid: code variant {cv[:8]} tuned: {t.done} trials, best {best[:8]} "
+                 f"{self.spec.objective.metric} {self.results[best]['fitness']:.4f} ({values})")
 
     def absorb_recorded(self) -> int:
         """Counts the results the store holds that this state has not (recorded after its snapshot).
@@ -365,7 +497,27 @@ class EvolveSearcher(Searcher):
                 del self.live[trial_id]
                 self.curves.pop(trial_id, None)
             new += 1
+        if self.hybrid:
+            self._forget_lost_trials()
         return new
+
+    def _forget_lost_trials(self) -> None:
+        """After a resume: a tuning's trial neither recorded nor live was suggested after the snapshot and is lost.
+
+        (A code variant read back from the store for its tuning trial's
+        result counts its own trial, which no one will train.) The study is
+        told it failed, and the tuning asks for another in its place.
+        """
+        live = set(self.live.values())
+        for cv, t in self.tunings.items():
+            lost = [v for v in t.trials if v not in self.results and v not in live]
+            for v in lost:
+                t.trials.remove(v)
+                number = t.numbers.pop(v, None)
+                if number is not None:
+                    studies.tell_number(t, number, None, "failed")
+            t.asked -= len(lost)
+            self._finish_if_done(cv, t)
 
     def _migrate_if_due(self) -> None:
         if self.n_recorded % self.spec.selection.migrate_every:
@@ -389,6 +541,17 @@ class EvolveSearcher(Searcher):
         best_txt = f"{self.results[best]['fitness']:.4f} ({best[:8]})" if best else "-"
         return (f"[{self.n_recorded:>3}/{self.spec.budget.trials}] {vid[:8]} <- {parent:<17} "
                 f"{what[:60]:<60} | {got} | best {best_txt}")
+
+
+def hybrid_code_left(left: int, to_ask: list[int], per_code: int, any_tuned: bool) -> int:
+    """Code variants the agent may still write: the trials the budget leaves after the tunings' own, a code variant's worth each.
+
+    None while no code variant has finished its tuning: new code comes only from tuned ones.
+    """
+    if not any_tuned:
+        return 0
+    rest = left - sum(to_ask)
+    return max(0, -(-rest // per_code))
 
 
 def result_row(v: Variant, trial_id: str, outcome: TrialOutcome) -> dict:
