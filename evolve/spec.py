@@ -109,6 +109,7 @@ class Operator:
     inspirations: int = doc(2, "other strong variants shown in a prompt")
     max_failures: int = doc(3, "failures in a row before the heuristic operator takes over")
     probe_every_s: float = doc(60.0, "while fallen back, how often the agent is tried again")
+    bandit: str = doc("off", "\"off\", \"ucb\" or \"thompson\": a bandit draws each child's operator (perturb, crossover, one arm per LLM model) by the gain per trained token each has bought (evolve.search.bandit); off: the heuristic draws crossover by crossover_rate and the LLM its model by weight")
     heuristic: Heuristic = doc_factory(Heuristic, "what the heuristic operator may change (below)")
 
 
@@ -198,13 +199,15 @@ def _type_name(t: Any) -> str:
     return getattr(t, "__name__", str(t))
 
 
-LEGACY = {"trial.sandbox": {True: "auto", False: "off"}}  # older specs' values, read as today's
+# older specs' values, read as today's; and YAML's reading of a bare `off` as false
+LEGACY = {"trial.sandbox": {True: "auto", False: "off"}, "operator.bandit": {False: "off"}}
 SANDBOX_LEVELS = ("auto", "full", "unprivileged", "off")
+BANDITS = ("off", "ucb", "thompson")
 
 
 def _coerce(name: str, value: Any, typ: Any) -> Any:
     """Returns `value` checked (and widened int->float) against `typ`."""
-    if name in LEGACY and isinstance(value, bool):
+    if name in LEGACY and isinstance(value, bool) and value in LEGACY[name]:
         value = LEGACY[name][value]
     if dataclasses.is_dataclass(typ):
         if not isinstance(value, dict):
@@ -437,6 +440,8 @@ def _check_operator(op: Operator) -> None:
         raise SpecError(f"operator.wait_s: must be 0 or more, got {op.wait_s!r}")
     if op.inspirations < 0:
         raise SpecError(f"operator.inspirations: must be 0 or more, got {op.inspirations!r}")
+    if op.bandit not in BANDITS:
+        raise SpecError(f"operator.bandit: expected one of {', '.join(BANDITS)}, got {op.bandit!r}")
 
 
 def build_spec(raw: dict, root: Path, name: str) -> Spec:

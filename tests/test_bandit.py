@@ -122,3 +122,15 @@ def test_model_arms_name_each_drawable_model_once():
                {"model": "big", "weight": 1.0}, {"model": "off", "weight": 0.0}]
     assert model_arms(entries) == {"llm:big#0": 0, "llm:small": 1, "llm:big#2": 2}
     assert model_arms([{"model": "m", "weight": 1.0}]) == {"llm:m": 0}
+
+
+def test_the_spec_setting_is_off_by_default_and_checked(experiment):
+    from evolve.spec import SpecError, load_spec
+
+    assert load_spec(experiment).operator.bandit == "off"
+    assert load_spec(experiment, ["operator.bandit=off"]).operator.bandit == "off"  # YAML's bare off is false
+    assert load_spec(experiment, ["operator.bandit=thompson"]).operator.bandit == "thompson"
+    for bad, shown in (("greedy", "'greedy'"), ("true", "True"), ("3", "3")):
+        with pytest.raises(SpecError) as e:
+            load_spec(experiment, [f"operator.bandit={bad}"])
+        assert str(e.value).startswith("operator.bandit: ") and shown in str(e.value) and "\n" not in str(e.value)
