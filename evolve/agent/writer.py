@@ -39,6 +39,7 @@ class Request:
     repair_rounds: int = 1
     notebook_version: int = 0
     created_at: float = field(default_factory=time.time)
+    arm: str = ""  # the searcher's bandit arm that chose the model; "" when the bandit is off
 
 
 @dataclass

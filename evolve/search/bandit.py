@@ -103,6 +103,11 @@ class Bandit:
         if pulled and a["pending"] > 0:
             a["pending"] -= 1
 
+    def set_pending(self, counts) -> None:
+        """Sets each arm's children still training from `counts` (arm -> n; other names ignored), e.g. after a resume."""
+        for name, a in self.arms.items():
+            a["pending"] = int(counts.get(name, 0))
+
     # -- estimates ----------------------------------------------------------------------
     def mean(self, arm: str) -> float | None:
         """The mean reward of `arm`, None before its first."""

@@ -1,0 +1,112 @@
+"""The operator bandit inside the searcher (driven without Ray) and in a real search."""
+
+import json
+import pickle
+
+import pytest
+
+from evolve.read.population import load_bandit, load_population
+from evolve.search.bandit import reward
+
+from tests.test_searcher import finish, make
+
+
+def arms_of(s):
+    return {vid: v.record.get("arm") for vid, v in s.variants.items() if v.parents}
+
+
+@pytest.mark.unit
+def test_each_child_is_drawn_by_an_arm_and_its_reward_updates_that_arm(experiment, tmp_path):
+    s, store = make(experiment, tmp_path, "operator.bandit=ucb", "budget.trials=10")
+    assert sorted(s.bandit.arms) == ["crossover", "perturb"]
+    fits = [3.0, 2.9, 3.2, None, 2.7, 2.8, 2.6, 2.65, 2.5, 2.55]
+    ids = []
+    for i, fit in enumerate(fits):
+        ids.append(s.suggest(f"t{i}")["variant_id"])
+        finish(s, f"t{i}", {}, fit)
+    arms = arms_of(s)
+    assert len(arms) == 9 and set(arms.values()) == {"perturb", "crossover"}
+    for vid, arm in arms.items():  # the record names the arm, and the arm is the operator that made it
+        assert s.variants[vid].operator == arm
+    expected = {"perturb": [], "crossover": []}
+    pop = load_population(tmp_path / "run").set_index("variant_id")
+    for vid, arm in arms.items():
+        row, parent = pop.loc[vid], pop.loc[s.variants[vid].parents[0]]
+        fit = row["fitness"] if row["status"] == "completed" else None
+        expected[arm].append(reward(fit, parent["fitness"], row["status"], 1024, "min"))
+    assert any(v > 0 for r in expected.values() for v in r) and any(v == 0 for r in expected.values() for v in r)
+    on_disk = json.loads((tmp_path / "run" / "bandit.json").read_text())
+    for arm, rewards in expected.items():
+        assert s.bandit.arms[arm]["pulls"] == len(rewards) == on_disk["arms"][arm]["pulls"]
+        assert s.bandit.arms[arm]["sum"] == pytest.approx(sum(rewards))
+        assert s.bandit.arms[arm]["pending"] == 0
+    table = load_bandit(tmp_path / "run").set_index("arm")
+    assert table.loc["perturb", "pulls"] == len(expected["perturb"])
+    assert table.loc["crossover", "mean_reward"] == pytest.approx(sum(expected["crossover"]) / len(expected["crossover"]))
+
+
+@pytest.mark.unit
+def test_bandit_off_keeps_todays_children_and_writes_nothing(experiment, tmp_path):
+    off, _ = make(experiment, tmp_path / "off")
+    plain, _ = make(experiment, tmp_path / "plain", "operator.bandit=off")
+    assert off.bandit is None
+    for s in (off, plain):
+        for i in range(5):
+            s.suggest(f"t{i}")
+            finish(s, f"t{i}", {}, 3.0 - 0.1 * i)
+    assert list(off.variants) == list(plain.variants)
+    assert all(a is None for a in arms_of(off).values())
+    assert not (tmp_path / "off" / "run" / "bandit.json").exists()
+
+
+@pytest.mark.unit
+def test_the_bandit_resumes_with_the_searcher(experiment, tmp_path):
+    s1, _ = make(experiment, tmp_path / "a", "operator.bandit=thompson")
+    s2, _ = make(experiment, tmp_path / "b", "operator.bandit=thompson")
+    for s in (s1, s2):
+        for i in range(4):
+            s.suggest(f"t{i}")
+            finish(s, f"t{i}", {}, 3.0 - 0.1 * i)
+        s.suggest("t4")  # training when the snapshot is taken
+    s1.save(str(tmp_path / "state.pkl"))
+    s3, _ = make(experiment, tmp_path / "a", "operator.bandit=thompson")
+    s3.restore(str(tmp_path / "state.pkl"))
+    assert s3.bandit.arms == s2.bandit.arms and sum(a["pending"] for a in s3.bandit.arms.values()) == 1
+    nxt = []
+    for s in (s2, s3):
+        finish(s, "t4", {}, 2.5)
+        nxt.append([(s.suggest(f"t{i}")["variant_id"], finish(s, f"t{i}", {}, 2.4))[0] for i in range(5, 8)])
+    assert nxt[0] == nxt[1] and s3.bandit.arms == s2.bandit.arms
+    assert json.loads((tmp_path / "a" / "run" / "bandit.json").read_text())["arms"] == json.loads(
+        (tmp_path / "b" / "run" / "bandit.json").read_text())["arms"]
+    # a state saved before the bandit existed restores with the bandit the spec asks for now
+    state = pickle.loads((tmp_path / "state.pkl").read_bytes())
+    del state["bandit"], state["llm_arms"]
+    (tmp_path / "old.pkl").write_bytes(pickle.dumps(state))
+    s4, _ = make(experiment, tmp_path / "a", "operator.bandit=ucb")
+    s4.restore(str(tmp_path / "old.pkl"))
+    assert s4.bandit.policy == "ucb" and sorted(s4.bandit.arms) == ["crossover", "perturb"]
+    old = pickle.loads(pickle.dumps(s4))
+    old.__dict__.pop("bandit")
+    old.__setstate__({k: v for k, v in old.__dict__.items() if k not in ("bandit", "llm_arms")})
+    assert old.bandit is None and old.llm_arms == {}
+
+
+@pytest.mark.unit
+def test_a_missing_or_corrupt_bandit_file_is_one_warning(tmp_path, capsys):
+    from evolve.read.population import bandit_lines
+
+    run = tmp_path / "run"
+    run.mkdir()
+    assert load_bandit(run).empty
+    assert capsys.readouterr().err.strip() == ("evolve: warning: bandit.json not found "
+                                               "(no child has been drawn by the bandit yet)")
+    assert bandit_lines(run, expected=False) == []
+    assert len(bandit_lines(run, expected=True)) == 1
+    for bad in ("{not json", '{"policy": "ucb", "arms": {"perturb": {"pulls": "many"}}}', "[]"):
+        (run / "bandit.json").write_text(bad)
+        assert load_bandit(run).empty
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("evolve: warning: bandit.json is unreadable (") and "\n" not in err
+        (line,) = bandit_lines(run, expected=False)
+        assert line.startswith("bandit: warning: bandit.json is unreadable")
