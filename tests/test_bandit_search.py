@@ -110,3 +110,45 @@ def test_a_missing_or_corrupt_bandit_file_is_one_warning(tmp_path, capsys):
         assert err.startswith("evolve: warning: bandit.json is unreadable (") and "\n" not in err
         (line,) = bandit_lines(run, expected=False)
         assert line.startswith("bandit: warning: bandit.json is unreadable")
+
+
+@pytest.mark.search
+def test_a_real_search_draws_its_operators_by_the_bandit_and_resumes_it(experiment, tmp_path, capsys):
+    import ray
+
+    from evolve import cli
+    from evolve.driver import init_ray, resume_search, run_search
+    from evolve.spec import load_spec
+    from evolve.warm import zygote
+
+    spec = load_spec(experiment, ["budget.train_tokens=8192", "trial.report_every=2", "confirm.top=0",
+                                  "budget.trials=5", "budget.concurrent=2", "operator.bandit=ucb"])
+    run = tmp_path / "run"
+    lines = []
+    init_ray(spec, num_cpus=2)
+    try:
+        run_search(spec, run, log=lines.append, verbose=0)
+        pop = load_population(run)
+        children = pop[pop["operator"] != "seed"]
+        assert len(pop) == 5 and (pop["status"] == "completed").all(), pop[["status", "failure_reason"]]
+        assert all(r["arm"] == op for r, op in zip(children["record"], children["operator"]))
+        saved = json.loads((run / "bandit.json").read_text())
+        assert sum(a["pulls"] for a in saved["arms"].values()) == 4
+        assert all(a["pending"] == 0 for a in saved["arms"].values())
+        for arm, a in saved["arms"].items():
+            assert a["pulls"] == (children["operator"] == arm).sum()
+        assert cli.main(["status", str(run)]) == 0
+        out = capsys.readouterr().out
+        assert "bandit (ucb): reward = gain over the parent per million tokens trained" in out
+        for arm, a in saved["arms"].items():
+            assert any(ln.strip().startswith(arm) and f"pulls {a['pulls']:>4}" in ln for ln in out.splitlines()), out
+        # Tune's own snapshot of the searcher carries the bandit: a resume writes it back as it was
+        (run / "bandit.json").unlink()
+        resume_search(run, log=lines.append)
+        again = json.loads((run / "bandit.json").read_text())
+        assert {k: {f: v[f] for f in ("pulls", "pending", "sum")} for k, v in again["arms"].items()} == \
+            {k: {f: v[f] for f in ("pulls", "pending", "sum")} for k, v in saved["arms"].items()}
+        assert len(load_population(run)) == 5
+    finally:
+        ray.shutdown()
+        zygote.shutdown()
