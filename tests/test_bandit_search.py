@@ -152,3 +152,49 @@ def test_a_real_search_draws_its_operators_by_the_bandit_and_resumes_it(experime
     finally:
         ray.shutdown()
         zygote.shutdown()
+
+
+@pytest.mark.warm
+def test_two_models_on_a_loopback_endpoint_are_arms_of_the_bandit(experiment, tmp_path):
+    """One model writes children that beat their parents, the other only replies the checks reject."""
+    from evolve.agent import audit
+    from tests.agent_replies import MALFORMED, lr_edit
+    from tests.openai_server import Reply, ScriptedOpenAI
+    from tests.test_llm_operator import FAST, drive
+
+    from evolve.driver import scaffold_files, trial_context
+    from evolve.record.store import Store
+    from evolve.search.searcher import EvolveSearcher
+    from evolve.spec import load_spec
+
+    n = {"good": 0}
+
+    def respond(body):  # each good reply a new factor: no proposal is a duplicate of another
+        if body["model"] != "good":
+            return MALFORMED
+        n["good"] += 1
+        return Reply(text=lr_edit(body, 1.2 + 0.05 * n["good"]))
+
+    with ScriptedOpenAI(respond) as server:
+        spec = load_spec(experiment, FAST + [f"operator.base_url={server.url}", "budget.trials=14",
+                                             "operator.bandit=ucb", "operator.repair_rounds=0",
+                                             "operator.max_failures=100", "operator.parallel=2",
+                                             "operator.models=[{model: good}, {model: bad}]"])
+        run = tmp_path / "run"
+        s = EvolveSearcher(spec, Store(run), trial_context(spec, run, {}, None), scaffold_files(spec),
+                           log=lambda line: None)
+        assert s.llm_arms == {"llm:good": 0, "llm:bad": 1}
+        configs = drive(s, 14, trial_s=0.3)
+    assert len(configs) == 14
+    llm = [s.variants[c["variant_id"]] for c in configs if s.variants[c["variant_id"]].operator == "llm"]
+    assert llm and all(v.record["arm"] == "llm:good" and v.record["model"] == "good" for v in llm)
+    arms = s.bandit.arms
+    calls = audit.read(run).to_pandas()
+    bad_calls = (calls["model"] == "bad").sum()
+    assert arms["llm:bad"]["pulls"] == bad_calls >= 1 and arms["llm:bad"]["sum"] == 0.0  # rejections bought nothing
+    assert arms["llm:good"]["pulls"] == len(llm) and arms["llm:good"]["sum"] > 0
+    assert (calls["model"] == "good").sum() > bad_calls, calls["model"].value_counts()
+    heuristic = sum(arms[a]["pulls"] for a in ("perturb", "crossover"))
+    assert heuristic + len(llm) == 13  # every child but the seed, each counted once
+    saved = json.loads((run / "bandit.json").read_text())
+    assert saved["arms"]["llm:good"]["pulls"] == len(llm)
