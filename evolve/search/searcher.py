@@ -283,10 +283,9 @@ class EvolveSearcher(Searcher):
             files = self.store.read_files(self.variants[parents[0]])
             text = files[self.settings_file].decode()
             record = None
-            cross = arm == "crossover" if arm else self.rng.random() < h.crossover_rate
             if arm == "crossover" and len(parents) < 2:
                 return None  # one scored variant: nothing to cross it with
-            if len(parents) == 2 and cross:
+            if len(parents) == 2 and (arm == "crossover" if arm else self.rng.random() < h.crossover_rate):
                 other = self.store.read_files(self.variants[parents[1]])[self.settings_file].decode()
                 new_text, record = crossover(self.rng, text, other, h)
                 used = parents
