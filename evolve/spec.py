@@ -116,6 +116,7 @@ class Operator:
     shape_keys: list = doc_factory(lambda: ["n_layer", "n_embd", "n_head", "seq_len"], "settings keys that shape the weights: a child that changes one (or any code) trains from scratch; PBT never perturbs them")
     hybrid_trials: int = doc(4, "hybrid: trials per code variant, the code variant as written included; the rest sample its numbers")
     hybrid_sampler: str = doc("tpe", "hybrid: Optuna's sampler over the numbers, \"tpe\" or \"cmaes\" (needs the cmaes package)")
+    bandit: str = doc("off", "\"off\", \"ucb\" or \"thompson\": a bandit draws each child's operator (perturb, crossover, one arm per LLM model) by the gain per trained token each has bought (evolve.search.bandit); off: the heuristic draws crossover by crossover_rate and the LLM its model by weight")
     heuristic: Heuristic = doc_factory(Heuristic, "what the heuristic operator may change (below)")
 
 
@@ -205,13 +206,15 @@ def _type_name(t: Any) -> str:
     return getattr(t, "__name__", str(t))
 
 
-LEGACY = {"trial.sandbox": {True: "auto", False: "off"}}  # older specs' values, read as today's
+# older specs' values, read as today's; and YAML's reading of a bare `off` as false
+LEGACY = {"trial.sandbox": {True: "auto", False: "off"}, "operator.bandit": {False: "off"}}
 SANDBOX_LEVELS = ("auto", "full", "unprivileged", "off")
+BANDITS = ("off", "ucb", "thompson")
 
 
 def _coerce(name: str, value: Any, typ: Any) -> Any:
     """Returns `value` checked (and widened int->float) against `typ`."""
-    if name in LEGACY and isinstance(value, bool):
+    if name in LEGACY and isinstance(value, bool) and value in LEGACY[name]:
         value = LEGACY[name][value]
     if dataclasses.is_dataclass(typ):
         if not isinstance(value, dict):
@@ -455,6 +458,8 @@ def _check_operator(op: Operator) -> None:
         raise SpecError(f"operator.inherit_tokens: must be 0 (a quarter of the budget) or more, got {op.inherit_tokens!r}")
     if not isinstance(op.shape_keys, list) or not all(isinstance(k, str) and k for k in op.shape_keys):
         raise SpecError(f"operator.shape_keys: expected a list of settings keys, got {op.shape_keys!r}")
+    if op.bandit not in BANDITS:
+        raise SpecError(f"operator.bandit: expected one of {', '.join(BANDITS)}, got {op.bandit!r}")
 
 
 def build_spec(raw: dict, root: Path, name: str) -> Spec:

@@ -52,6 +52,8 @@ class Brief:
     parent_files: dict  # path -> bytes: every file of the parent, the sealed ones included
     inspirations: tuple  # of Candidate: strong variants other than the parent
     island: int
+    model: int | None = None  # the model entry to write it (drawn by the searcher's bandit); None: drawn by weight
+    arm: str = ""  # the bandit's name for that model, kept in the child's record
 
 
 class LLMOperator:
@@ -78,6 +80,7 @@ class LLMOperator:
         self.waiting_since: float | None = None
         self.last_probe = 0.0
         self.said: set[str] = set()
+        self.rejected_arms: list[str] = []  # the bandit arms of proposals rejected since the searcher last asked
         self.log = log
         self._agent: Agent | None = None
 
@@ -90,6 +93,7 @@ class LLMOperator:
         self.__dict__.update(state)
         self.log = self.log or print
         self.__dict__.setdefault("rng", random.Random(self.spec.seed))  # a state saved before the agent had its own
+        self.__dict__.setdefault("rejected_arms", [])  # ... and before the bandit
         self.waiting_since = None  # a monotonic time from another process means nothing here
 
     def say_once(self, key: str, text: str) -> None:
@@ -107,21 +111,24 @@ class LLMOperator:
     def store(self) -> Store:
         return Store(self.context["run_dir"])
 
+    def _drop_known(self, known: frozenset) -> None:
+        """Drops the ready children whose files a variant admitted since has (the heuristic got there first)."""
+        for child in [c for c in self.ready if c.id in known]:
+            self.ready.remove(child)
+            self.rejections["duplicate"] += 1
+            self.accepted -= 1
+            audit.append(self.store.root, [{
+                "proposal_id": child.record["proposal_id"], "purpose": "child", "attempt": -1,
+                "parent_id": child.parents[0], "outcome": "rejected", "stage": "duplicate",
+                "reason": f"variant {child.id} was trained before this proposal's turn came",
+                "finished_at": time.time()}])
+
     def take(self, known: frozenset) -> Variant | str:
         """Returns a checked child for the next trial, or WAIT, HEURISTIC or DONE; `known`: the variants admitted."""
-        while self.ready:
-            child = self.ready.popleft()
-            if child.id in known:  # the heuristic reached the same files first
-                self.rejections["duplicate"] += 1
-                self.accepted -= 1
-                audit.append(self.store.root, [{
-                    "proposal_id": child.record["proposal_id"], "purpose": "child", "attempt": -1,
-                    "parent_id": child.parents[0], "outcome": "rejected", "stage": "duplicate",
-                    "reason": f"variant {child.id} was trained before this proposal's turn came",
-                    "finished_at": time.time()}])
-                continue
+        self._drop_known(known)
+        if self.ready:
             self._stop_waiting()
-            return child
+            return self.ready.popleft()
         if self.state == "off":
             return HEURISTIC
         if self.spent():
@@ -141,6 +148,29 @@ class LLMOperator:
         self.say_once("slow", f"evolve: no proposal from the agent within {self.op.wait_s:g} s; "
                               "the heuristic operator fills free slots while it is busy")
         return HEURISTIC
+
+    def take_arm(self, known: frozenset, arm: str) -> Variant | None:
+        """For a bandit's draw: a ready child written for `arm`, else the oldest ready one, else None (never waits)."""
+        self._drop_known(known)
+        child = next((c for c in self.ready if c.record.get("arm") == arm), None)
+        if child is None and self.ready:
+            child = self.ready[0]
+        if child is not None:
+            self.ready.remove(child)
+        return child
+
+    def finished(self) -> bool:
+        """True once the LLM token budget is spent and nothing is ready or being written: the search ends."""
+        if self.state == "off" or not self.spent() or self.ready or self.agent.in_flight("child"):
+            return False
+        self.say_once("spent", f"evolve: the LLM token budget is spent ({self.tokens():,} of "
+                               f"{self.spec.budget.llm_tokens:,}); no new proposals, the search ends")
+        return True
+
+    def take_rejected_arms(self) -> list[str]:
+        """The bandit arms of the proposals rejected since the last call (each once)."""
+        out, self.rejected_arms = self.rejected_arms, []
+        return out
 
     def _waited_too_long(self) -> bool:
         """Starts the wait clock on the first call; True once `wait_s` has passed."""
@@ -259,6 +289,8 @@ class LLMOperator:
                       "smoke_seconds": out.smoke_seconds}
             if out.tunable:
                 record["tunable"] = out.tunable
+            if req.arm:
+                record["arm"] = req.arm
             child = Variant(files=self.store.put_files(out.files), parents=(req.parent_id,),
                             operator="llm", record=record, island=req.island)
             if audited and child.id in known:  # accepted, then trained, after the snapshot
@@ -285,6 +317,8 @@ class LLMOperator:
                 self.log("evolve: the LLM operator answers again; it writes children from now on")
             return
         self.rejections[out.stage] += 1
+        if req.arm:
+            self.rejected_arms.append(req.arm)
         reason = f"rejected at {out.stage}: {out.reason}"
         if out.stage != "endpoint":
             self.recent_failures.append(f"a proposal {reason}"[:400])
@@ -329,8 +363,9 @@ class LLMOperator:
                                   sealed=tuple(self.sealed_in_scaffold),
                                   tunable=tunable_format(settings, MAX_TUNABLE) if settings else "")
         h = prompt_hash(messages)
+        model = pick(self.rng, self.entries) if brief.model is None else brief.model
         return Request(proposal_id=f"{self.n_requests:05d}-{h[:8]}", purpose="child", messages=messages,
-                       model=pick(self.rng, self.entries), prompt_hash=h, parent_id=brief.parent.variant_id,
+                       model=model, arm=brief.arm, prompt_hash=h, parent_id=brief.parent.variant_id,
                        island=brief.island, parent_files=brief.parent_files, mutable=list(self.mutable),
                        sealed=list(self.spec.sealed) + list(self.sealed_in_scaffold),
                        known_ids=known | {r.id for r in self.ready},

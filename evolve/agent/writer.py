@@ -41,6 +41,7 @@ class Request:
     notebook_version: int = 0
     created_at: float = field(default_factory=time.time)
     settings_file: str = ""  # hybrid: the settings file a TUNABLE block names keys of; empty: no block read
+    arm: str = ""  # the searcher's bandit arm that chose the model; "" when the bandit is off
 
 
 @dataclass

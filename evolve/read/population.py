@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -225,3 +226,57 @@ def agent_lines(run_dir: str | Path) -> list[str]:
             f"{int(df['completion_tokens'].sum()):,} completion tokens"
             + (f", price {price:.4f}" if price else "")
             + f", {df['latency_s'].sum():.0f} s waiting on the model"]
+
+
+BANDIT_COLUMNS = ["arm", "pulls", "pending", "mean_reward", "estimate"]
+
+
+def read_bandit(run_dir: str | Path) -> tuple[dict | None, str | None]:
+    """Returns (the run's bandit.json as written by the searcher, None) or (None, one line saying why not)."""
+    from evolve.search.bandit import Bandit, BanditError
+
+    path = Path(run_dir) / "bandit.json"
+    try:
+        data = json.loads(path.read_text())
+        Bandit.from_dict(data)  # checks every arm's numbers
+    except FileNotFoundError:
+        return None, f"{path.name} not found (no child has been drawn by the bandit yet)"
+    except (OSError, ValueError, BanditError) as e:
+        return None, f"{path.name} is unreadable ({' '.join(str(e).split())[:200]}); bandit state not shown"
+    return data, None
+
+
+def load_bandit(run_dir: str | Path) -> pd.DataFrame:
+    """The operator bandit's arms, one row each: pulls, children still training, mean reward, current estimate.
+
+    Rewards are each child's gain over its parent per million tokens it
+    trained. Empty, with one warning line on stderr, when the run has no
+    readable bandit.json (a search with `operator.bandit: off` writes none).
+    """
+    data, problem = read_bandit(_local(run_dir))
+    if problem:
+        print(f"evolve: warning: {problem}", file=sys.stderr)
+        out = pd.DataFrame(columns=BANDIT_COLUMNS)
+        out.attrs["unreadable"] = [problem]
+        return out
+    rows = [{"arm": name, "pulls": a["pulls"], "pending": a["pending"],
+             "mean_reward": a["sum"] / a["pulls"] if a["pulls"] else None, "estimate": a.get("estimate")}
+            for name, a in data["arms"].items()]
+    out = pd.DataFrame(rows, columns=BANDIT_COLUMNS)
+    out.attrs["policy"] = data["policy"]
+    return out
+
+
+def bandit_lines(run_dir: str | Path, expected: bool) -> list[str]:
+    """`evolve status`'s lines for the bandit: one per arm; one warning when `expected` and it cannot be read."""
+    data, problem = read_bandit(run_dir)
+    if problem:
+        return [f"bandit: warning: {problem}"] if expected or "not found" not in problem else []
+    lines = [f"bandit ({data['policy']}): reward = gain over the parent per million tokens trained"]
+    for name, a in data["arms"].items():
+        mean = fmt(a["sum"] / a["pulls"]) if a["pulls"] else "-"
+        est = a.get("estimate")
+        pending = f" (+{a['pending']} training)" if a["pending"] else ""
+        lines.append(f"  {name:<24} pulls {a['pulls']:>4}{pending}  mean reward {mean:>8}  "
+                     f"estimate {fmt(est) if est is not None else 'untried'}")
+    return lines

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
-from evolve.read.population import agent_lines, fmt, load_population
+import yaml
+
+from evolve.read.population import agent_lines, bandit_lines, fmt, load_population
 from evolve.record.store import Store
 from evolve.search import confirm
 
@@ -56,6 +59,7 @@ def status_lines(run_dir: str, pop=None) -> list[str]:
              f"lineage depth: {pop.depth()}"]
     lines += speed_lines(pop) + inherit_lines(pop)
     lines += agent_lines(run_dir)
+    lines += bandit_lines(run_dir, expected=_bandit_on(run_dir))
     lines += [ln.replace("best:", "single-run leader:", 1) for ln in summary_lines(run_dir, pop)[1:2]]
     return lines + confirm.lines(confirm.load_verdict(run_dir))
 
@@ -79,3 +83,10 @@ def inherit_lines(pop) -> list[str]:
     got = pop[pop["inherited_from"].notna()]
     return [f"inherited weights: {len(got)} of {len(pop)} trials continued from their parent's final weights "
             f"({int(got['tokens_inherited'].fillna(0).sum()):,} tokens held by those weights, not counted above)"]
+def _bandit_on(run_dir: str) -> bool:
+    """Whether the run's saved spec turned the operator bandit on (False when it cannot tell)."""
+    try:
+        raw = yaml.safe_load((Path(run_dir) / "spec.yaml").read_text()) or {}
+        return (raw.get("operator") or {}).get("bandit", "off") not in ("off", False)
+    except (OSError, yaml.YAMLError, AttributeError):
+        return False

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import json
 import math
 import pickle
 import random
 import time
+from collections import Counter
 from pathlib import Path
 
 from ray.tune.search import Searcher
@@ -23,13 +25,17 @@ from evolve.messages import RecordError, TrialConfig, TrialOutcome
 from evolve.record.seals import sealed_paths, surface_violations
 from evolve.record.store import Store, atomic_write, parsed
 from evolve.record.weights import INHERIT, read_inherit
-from evolve.search import confirm, hybrid, studies
+from evolve.search import confirm, hybrid
 from evolve.search import selection as pop
+from evolve.search import studies
+from evolve.search.bandit import Bandit, model_arms, reward
 from evolve.search.heuristic import crossover, perturb
 from evolve.search.inherit import inherit_refusal, inherit_tokens
+from evolve.spec import model_entries
 from evolve.variant import Variant
 
 MAX_DUPLICATE_TRIES = 20  # fresh mutations tried before a suggestion gives up
+BANDIT_FILE = "bandit.json"  # the bandit's state in the run folder, for `evolve status` and notebooks
 
 
 class EvolveSearcher(Searcher):
@@ -77,6 +83,7 @@ class EvolveSearcher(Searcher):
         self.tuning_of: dict[str, str] = {}
         if self.hybrid:
             studies.check_sampler(spec.operator.hybrid_sampler)  # one line, before anything starts
+        self.bandit, self.llm_arms = new_bandit(spec)
         self.llm = (LLMOperator(spec, trial_context, self.mutable, self.sealed_in_scaffold, log)
                     if spec.operator.kind in ("llm", "hybrid") else None)
         if self.llm is not None:  # the agent starts on the seed's children before Tune starts
@@ -102,12 +109,17 @@ class EvolveSearcher(Searcher):
                     return None  # new code comes only from tuned code variants: wait for a tuning to finish
             if self.llm is not None:
                 self.agent_turn()
-            got = self.llm.take(frozenset(self.variants)) if self.llm is not None else None
-            if got == WAIT:
-                return None  # Tune asks again shortly; the agent is writing
-            if got == DONE:
-                return Searcher.FINISHED
-            child = got if isinstance(got, Variant) else self._propose()
+            if self.bandit is not None:
+                child = self._bandit_child()
+                if child == DONE:
+                    return Searcher.FINISHED
+            else:
+                got = self.llm.take(frozenset(self.variants)) if self.llm is not None else None
+                if got == WAIT:
+                    return None  # Tune asks again shortly; the agent is writing
+                if got == DONE:
+                    return Searcher.FINISHED
+                child = got if isinstance(got, Variant) else self._propose()
             if child is None and self.llm is not None and self.llm.state == "ok":
                 return None  # the heuristic has nothing new; the agent will
             if child is None:
@@ -213,6 +225,12 @@ class EvolveSearcher(Searcher):
             if kept:
                 self.log(f"evolve: resume: {kept} proposal(s) the agent finished after Tune's last snapshot "
                          f"taken from proposals/ (not asked for again)")
+        if self.bandit is not None:
+            if self.llm is not None:
+                self._bandit_rejections()
+            # children still training are those Tune runs again, whatever the snapshot counted
+            self.bandit.set_pending(Counter(self.variants[v].record.get("arm") for v in self.live.values()))
+            self._save_bandit()
 
     def __getstate__(self):  # Tuner pickles the searcher; the log callable may not pickle
         state = dict(self.__dict__)
@@ -223,6 +241,8 @@ class EvolveSearcher(Searcher):
         self.__dict__.update(state)
         for name, default in (("hybrid", False), ("tunings", {}), ("tuning_of", {})):
             self.__dict__.setdefault(name, default)  # a state saved before the hybrid search
+        self.__dict__.setdefault("bandit", None)  # a state saved before the bandit
+        self.__dict__.setdefault("llm_arms", {})
         if "n_briefs" not in state:  # a state saved when the agent kept this count itself
             self.n_briefs = getattr(self.llm, "n_child_requests", 0) if self.llm is not None else 0
         self.log = self.log or print
@@ -234,6 +254,8 @@ class EvolveSearcher(Searcher):
         """Has the LLM operator take in its finished proposals, then hands it a brief per request it wants."""
         known = frozenset(self.variants)
         self.llm.absorb(known)
+        if self.bandit is not None:
+            self._bandit_rejections()
         left = self.spec.budget.trials - self.n_suggested - (self._pending_seed is not None)
         if self.hybrid:
             left = hybrid_code_left(left, [t.target - t.asked for t in self.tunings.values() if t.to_ask()],
@@ -247,8 +269,10 @@ class EvolveSearcher(Searcher):
         parent = pop.select_parents(self.rng, self._members(island), self.spec.selection.tournament, 1)[0]
         k = self.spec.operator.inspirations
         best = [v for _, v in heapq.nsmallest(k + 1, ((-sc, v) for v, sc in self.scores.items())) if v != parent]
+        arm = self.bandit.choose(self.rng, among=self.llm_arms) if self.bandit and self.llm_arms else ""
         return Brief(parent=self.candidate(parent), parent_files=self.store.read_files(self.variants[parent]),
-                     inspirations=tuple(self.candidate(v) for v in best[:k]), island=island)
+                     inspirations=tuple(self.candidate(v) for v in best[:k]), island=island,
+                     model=self.llm_arms[arm] if arm else None, arm=arm)
 
     def candidate(self, vid: str) -> Candidate:
         """A variant as a prompt shows it: its mutable files, fitness, curve, metrics, rationale and speed."""
@@ -266,7 +290,12 @@ class EvolveSearcher(Searcher):
             return self.island_scored[island]
         return list(self.scores.items()) or [(self.seed_id, 0.0)]
 
-    def _propose(self) -> Variant | None:
+    def _propose(self, arm: str | None = None) -> Variant | None:
+        """A heuristic child; `arm` ("perturb" or "crossover", drawn by the bandit) fixes the kind.
+
+        None when no new child came of MAX_DUPLICATE_TRIES tries (a crossover
+        arm also when its parents cannot be crossed into anything new).
+        """
         island = pop.island_for(self.n_suggested, len(self.islands))
         members = self._members(island)
         h = self.spec.operator.heuristic
@@ -275,10 +304,14 @@ class EvolveSearcher(Searcher):
             files = self.store.read_files(self.variants[parents[0]])
             text = files[self.settings_file].decode()
             record = None
-            if len(parents) == 2 and self.rng.random() < h.crossover_rate:
+            if arm == "crossover" and len(parents) < 2:
+                return None  # one scored variant: nothing to cross it with
+            if len(parents) == 2 and (arm == "crossover" if arm else self.rng.random() < h.crossover_rate):
                 other = self.store.read_files(self.variants[parents[1]])[self.settings_file].decode()
                 new_text, record = crossover(self.rng, text, other, h)
                 used = parents
+                if arm == "crossover" and not record["changes"]:
+                    continue
             if record is None or not record["changes"]:
                 try:
                     new_text, record = perturb(self.rng, text, h)
@@ -290,6 +323,8 @@ class EvolveSearcher(Searcher):
             bad = surface_violations(files, child_files, self.mutable)
             if bad:  # the operator itself broke the policy: a bug, not a variant
                 raise RuntimeError(f"operator changed files outside the mutable surface: {bad}")
+            if arm:
+                record["arm"] = arm
             child = Variant(files=self.store.put_files(child_files), parents=tuple(used),
                             operator=record["kind"], record=record, island=island)
             if child.id not in self.variants:
@@ -351,6 +386,8 @@ class EvolveSearcher(Searcher):
         self.results[vid] = {"status": row["status"], "fitness": fitness, "curve": curve,
                              "metrics": row["metrics"], "tokens_per_s": _finite(row.get("tokens_per_s")),
                              "mfu": _finite(row.get("mfu")), "trial_seconds": _finite(row.get("trial_seconds"))}
+        if self.bandit is not None:
+            self._bandit_reward(vid, row)
         score = pop.score(fitness, self.spec.objective.mode)
         if math.isfinite(score) and (self._best is None or score > self._score_of(self._best)):
             self._best = vid
@@ -518,6 +555,61 @@ class EvolveSearcher(Searcher):
                     studies.tell_number(t, number, None, "failed")
             t.asked -= len(lost)
             self._finish_if_done(cv, t)
+    # -- the bandit: which operator writes the next child (evolve.search.bandit) ---------------
+    def _bandit_child(self):
+        """The next child by the arm the bandit draws; None when none came, DONE when the LLM budget ended the search.
+
+        A drawn LLM arm takes a ready child of its model, else the oldest
+        ready one (credited to the model that wrote it); with none ready a
+        heuristic arm is drawn instead, and the LLM arm is not counted as
+        pulled. A crossover arm whose parents cross into nothing new falls
+        back to perturb the same way.
+        """
+        if self.llm is not None and self.llm.finished():
+            return DONE
+        arm = self.bandit.choose(self.rng)
+        child = None
+        if arm in self.llm_arms:
+            child = self.llm.take_arm(frozenset(self.variants), arm)
+            if child is not None:
+                arm = child.record.get("arm") or arm
+            else:
+                arm = self.bandit.choose(self.rng, among=[a for a in HEURISTIC_ARMS if a in self.bandit.arms])
+        if child is None and arm == "crossover":
+            child = self._propose("crossover")
+            arm = "crossover" if child is not None else "perturb"
+        if child is None:
+            child = self._propose("perturb")
+        if child is not None:
+            self.bandit.pull(arm)
+            self._save_bandit()
+        return child
+
+    def _bandit_reward(self, vid: str, row: dict) -> None:
+        """Takes a recorded child's gain per million tokens into the arm that made it."""
+        v = self.variants[vid]
+        arm = v.record.get("arm")
+        if not arm or not v.parents:
+            return  # the seed, or a child made while the bandit was off
+        if arm not in self.bandit.arms:
+            self.log(f"evolve: warning: bandit: {vid} was made by arm {arm!r}, not one of this search's; not counted")
+            return
+        parent = self.results.get(v.parents[0]) or {}
+        tokens = row.get("tokens_trained") or self.spec.budget.train_tokens
+        self.bandit.update(arm, reward(_finite(row["fitness"]), _finite(parent.get("fitness")), row["status"],
+                                       float(tokens), self.spec.objective.mode))
+        self._save_bandit()
+
+    def _bandit_rejections(self) -> None:
+        """Counts each LLM proposal the checks rejected as a pull of its model that bought nothing."""
+        for arm in self.llm.take_rejected_arms():
+            if arm in self.bandit.arms:
+                self.bandit.update(arm, 0.0, pulled=False)
+                self._save_bandit()
+
+    def _save_bandit(self) -> None:
+        data = {**self.bandit.to_dict(), "updated_at": time.time()}
+        atomic_write(Path(self.store.root) / BANDIT_FILE, json.dumps(data, indent=1, sort_keys=True).encode())
 
     def _migrate_if_due(self) -> None:
         if self.n_recorded % self.spec.selection.migrate_every:
@@ -552,6 +644,21 @@ def hybrid_code_left(left: int, to_ask: list[int], per_code: int, any_tuned: boo
         return 0
     rest = left - sum(to_ask)
     return max(0, -(-rest // per_code))
+HEURISTIC_ARMS = ("perturb", "crossover")
+
+
+def new_bandit(spec) -> tuple[Bandit | None, dict[str, int]]:
+    """The search's bandit (None when `operator.bandit` is off) and its LLM arms (name -> model entry index).
+
+    Arms: perturb; crossover unless `crossover_rate` is 0; with an LLM
+    operator one per model that may be drawn.
+    """
+    op = spec.operator
+    if op.bandit == "off":
+        return None, {}
+    llm = model_arms(model_entries(op)) if op.kind == "llm" else {}
+    heuristic = [a for a in HEURISTIC_ARMS if a != "crossover" or op.heuristic.crossover_rate > 0]
+    return Bandit(op.bandit, [*heuristic, *llm]), llm
 
 
 def result_row(v: Variant, trial_id: str, outcome: TrialOutcome) -> dict:
