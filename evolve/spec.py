@@ -109,6 +109,7 @@ class Operator:
     inspirations: int = doc(2, "other strong variants shown in a prompt")
     max_failures: int = doc(3, "failures in a row before the heuristic operator takes over")
     probe_every_s: float = doc(60.0, "while fallen back, how often the agent is tried again")
+    merge_rate: float = doc(0.0, "chance a suggestion is a three-way merge of two strong variants from different lineages (conflicts resolved by the LLM agent); 0: off")
     heuristic: Heuristic = doc_factory(Heuristic, "what the heuristic operator may change (below)")
 
 
@@ -437,6 +438,8 @@ def _check_operator(op: Operator) -> None:
         raise SpecError(f"operator.wait_s: must be 0 or more, got {op.wait_s!r}")
     if op.inspirations < 0:
         raise SpecError(f"operator.inspirations: must be 0 or more, got {op.inspirations!r}")
+    if not 0.0 <= op.merge_rate <= 1.0:
+        raise SpecError(f"operator.merge_rate: expected 0..1, got {op.merge_rate!r}")
 
 
 def build_spec(raw: dict, root: Path, name: str) -> Spec:
