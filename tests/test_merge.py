@@ -1,8 +1,16 @@
-"""The merge operator's pure parts: the three-way merge of texts and files, and the choice of a pair."""
+"""The merge operator's pure parts: the three-way merge, the choice of a pair, the cascade's conflict
+stage, the merge prompt and a kept merge proposal."""
+
+import json
 
 import pytest
 import yaml
 
+from evolve.agent import outbox
+from evolve.agent.cascade import Rejected, check_reply
+from evolve.agent.prompts import Candidate, merge_messages
+from evolve.agent.writer import Outcome, Request
+from evolve.record.store import Store
 from evolve.search.merge import (CLOSE, OPEN, MergeError, choose_pair, common_base, marker_lines,
                                  merge_files, merge_text)
 
@@ -121,3 +129,55 @@ def test_the_pair_is_the_best_two_from_different_lineages():
     assert choose_pair(PARENTS, {"seed": 1.0}, 8) is None
     # a variant whose chain leads to an unknown root has no base with the others
     assert choose_pair({**PARENTS, "x": ("gone",)}, {"x": 5.0, "c": 1.0}, 8) is None
+
+
+def _conflicted():
+    base = {"config.yaml": SETTINGS.encode(), "recipe.py": b"A = 1\n"}
+    ours = {**base, "config.yaml": SETTINGS.replace("lr: 1.0e-3", "lr: 2.0e-3").encode()}
+    theirs = {**base, "config.yaml": SETTINGS.replace("lr: 1.0e-3", "lr: 4.0e-3").encode()}
+    return merge_files(base, ours, theirs, ["config.yaml", "recipe.py"], ("a1", "s0", "b2"))
+
+
+def test_the_cascade_wants_every_conflict_region_resolved():
+    m = _conflicted()
+    region = "\n".join(m.files["config.yaml"].decode().split("\n")[1:8])
+    fixed = "lr: 3.0e-3            # peak learning rate"
+    reply = f"RATIONALE: between the two\n\nFILE: config.yaml\n<<<<<<< SEARCH\n{region}\n=======\n{fixed}\n>>>>>>> REPLACE\n"
+    files, _, changes = check_reply(reply, m.files, ["config.yaml", "recipe.py"], [], frozenset(), ("config.yaml",))
+    assert yaml.safe_load(files["config.yaml"])["lr"] == 3.0e-3 and changes == [{"file": "config.yaml", "how": "edited"}]
+    left = reply.replace(f"{fixed}\n>>>>>>> REPLACE", f"{fixed}\n{CLOSE}\n>>>>>>> REPLACE")
+    with pytest.raises(Rejected) as e:
+        check_reply(left, m.files, ["config.yaml", "recipe.py"], [], frozenset(), ("config.yaml",))
+    assert e.value.stage == "conflict" and e.value.reason.startswith(
+        "FILE: config.yaml: 1 conflict marker line(s) left, the first at line 3; replace each region")
+    untouched = "RATIONALE: only the recipe\n\nFILE: recipe.py\n```\nA = 2\n```\n"
+    with pytest.raises(Rejected, match="conflict: FILE: config.yaml: 4 conflict marker line"):
+        check_reply(untouched, m.files, ["config.yaml", "recipe.py"], [], frozenset(), ("config.yaml",))
+
+
+def test_the_merge_prompt_shows_the_conflicts_and_refuses_sealed_files():
+    m = _conflicted()
+    ours, theirs = Candidate("a1", {"config.yaml": "x"}, 2.5, rationale="raise lr"), Candidate("b2", {}, 2.6)
+    text = {"config.yaml": m.files["config.yaml"].decode()}
+    msgs = merge_messages(ours, theirs, "s0", text, "heldout_loss", "min")
+    assert msgs == merge_messages(ours, theirs, "s0", text, "heldout_loss", "min")  # the same state, the same prompt
+    assert OPEN in msgs[0]["content"] and "lower heldout_loss is better" in msgs[0]["content"]
+    user = msgs[1]["content"]
+    assert "## Ours: a1\nheldout_loss: 2.5000" in user and "what made it: raise lr" in user
+    assert "## Their common ancestor (the base): s0" in user and f"{OPEN} a1\nlr: 2.0e-3" in user
+    with pytest.raises(ValueError, match="refusing to show sealed file"):
+        merge_messages(ours, theirs, "s0", {"evaluate.py": "x"}, "heldout_loss", "min", sealed=("evaluate.py",))
+
+
+def test_a_kept_merge_proposal_reads_back_with_its_merge(tmp_path):
+    store = Store(tmp_path)
+    merge = {"other": "b2", "base": "s0", "conflicted": ["config.yaml"], "conflicts": 1, "from_theirs": []}
+    req = Request("00003-abc", "merge", [], 0, "abc", "a1", merge=merge)
+    path = outbox.keep(store, Outcome(req, True, files={"config.yaml": b"lr: 3\n"}, rationale="r", calls=[]))
+    (got,), bad = outbox.load(store)
+    assert bad == [] and got.request.merge == merge and got.request.purpose == "merge"
+    data = json.loads(path.read_text())
+    del data["request"]["merge"]  # a proposal kept before merges existed
+    path.write_text(json.dumps(data))
+    (old,), _ = outbox.load(store)
+    assert old.request.merge == {}
