@@ -117,6 +117,7 @@ class Operator:
     hybrid_trials: int = doc(4, "hybrid: trials per code variant, the code variant as written included; the rest sample its numbers")
     hybrid_sampler: str = doc("tpe", "hybrid: Optuna's sampler over the numbers, \"tpe\" or \"cmaes\" (needs the cmaes package)")
     bandit: str = doc("off", "\"off\", \"ucb\" or \"thompson\": a bandit draws each child's operator (perturb, crossover, one arm per LLM model) by the gain per trained token each has bought (evolve.search.bandit); off: the heuristic draws crossover by crossover_rate and the LLM its model by weight")
+    merge_rate: float = doc(0.0, "chance a suggestion is a three-way merge of two strong variants from different lineages (conflicts resolved by the LLM agent); 0: off")
     heuristic: Heuristic = doc_factory(Heuristic, "what the heuristic operator may change (below)")
 
 
@@ -460,6 +461,8 @@ def _check_operator(op: Operator) -> None:
         raise SpecError(f"operator.shape_keys: expected a list of settings keys, got {op.shape_keys!r}")
     if op.bandit not in BANDITS:
         raise SpecError(f"operator.bandit: expected one of {', '.join(BANDITS)}, got {op.bandit!r}")
+    if not 0.0 <= op.merge_rate <= 1.0:
+        raise SpecError(f"operator.merge_rate: expected 0..1, got {op.merge_rate!r}")
 
 
 def build_spec(raw: dict, root: Path, name: str) -> Spec:

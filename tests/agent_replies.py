@@ -2,6 +2,7 @@
 
 import re
 
+from evolve.search.merge import BASE, CLOSE, OPEN, THEIRS
 from tests.openai_server import Reply
 
 NOTEBOOK_TEXT = "- raising lr helped once\n- nothing failed twice"
@@ -23,13 +24,54 @@ def lr_edit(body: dict, factor: float = 1.3, extra: str = "") -> str:
             f"FILE: config.yaml\n```yaml\n<<<<<<< SEARCH\n{line}\n=======\n{new}\n>>>>>>> REPLACE\n```\n")
 
 
+def is_merge(body: dict) -> bool:
+    """Whether a request asks the agent to resolve a merge's conflicts."""
+    return "merging two strong variants" in body["messages"][0]["content"]
+
+
+def conflict_regions(body: dict) -> list[tuple[str, list[str]]]:
+    """Returns (file, the region's lines, markers included) of each conflict region a merge request shows."""
+    user = [m["content"] for m in body["messages"] if m["role"] == "user"][0]
+    out = []
+    for m in re.finditer(rf"(?ms)^{re.escape(OPEN)}.*?^{re.escape(CLOSE)}$", user):
+        path = re.findall(r"^FILE: (\S+)$", user[:m.start()], re.M)[-1]
+        out.append((path, m.group(0).split("\n")))
+    return out
+
+
+def _mean_line(ours: str, theirs: str) -> str:
+    """`key: x  # ...` and `key: y ...` -> `key: (x+y)/2  # ...` (ours' line when they are not one number each)."""
+    a, b = (re.match(r"^(\s*[\w.]+:\s*)(\S+)(.*)$", ln) for ln in (ours, theirs))
+    try:
+        return f"{a[1]}{(float(a[2]) + float(b[2])) / 2:.6g}{a[3]}" if a and b and a[1] == b[1] else ours
+    except ValueError:
+        return ours
+
+
+def merge_resolution(body: dict, leave_marker: bool = False) -> str:
+    """A reply resolving every conflict region with the mean of both sides' numbers (ours' other lines);
+    `leave_marker` keeps each region's last marker line."""
+    blocks = []
+    for path, region in conflict_regions(body):
+        at = {m: next(i for i, ln in enumerate(region) if ln.startswith(m)) for m in (BASE, THEIRS)}
+        ours, theirs = region[1:at[BASE]], region[at[THEIRS] + 1:-1]
+        keep = [_mean_line(o, t) for o, t in zip(ours, theirs)] + ours[len(theirs):]
+        keep += [region[-1]] if leave_marker else []
+        blocks.append(f"FILE: {path}\n<<<<<<< SEARCH\n" + "\n".join(region) + "\n=======\n"
+                      + "\n".join(keep) + "\n>>>>>>> REPLACE\n")
+    return "RATIONALE: take the mean of both sides' values in each conflict\n\n" + "\n".join(blocks)
+
+
 def counting_responder(factors=None):
-    """A responder whose n-th child reply scales lr by a new factor; notebook requests get a notebook."""
+    """A responder whose n-th child reply scales lr by a new factor; notebook requests get a notebook,
+    merge requests a resolution that takes the mean of each conflict's numbers."""
     state = {"n": 0}
 
     def respond(body: dict) -> Reply:
         if "research notebook" in body["messages"][0]["content"]:
             return Reply(text=NOTEBOOK_TEXT)
+        if is_merge(body):
+            return Reply(text=merge_resolution(body))
         state["n"] += 1
         f = factors[state["n"] % len(factors)] if factors else 1.0 + 0.07 * state["n"]
         return Reply(text=lr_edit(body, f))

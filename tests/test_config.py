@@ -62,6 +62,8 @@ def test_overrides_are_typed_and_applied(experiment):
     ("operator.temperature=3", "operator.temperature: expected 0..2, got 3.0"),
     ("operator.parallel=0", "operator.parallel: must be at least 1, got 0"),
     ("budget.llm_tokens=-1", "budget.llm_tokens: must be 0 (no limit) or more, got -1"),
+    ("operator.merge_rate=1.5", "operator.merge_rate: expected 0..1, got 1.5"),
+    ("operator.merge_rate=often", "operator.merge_rate: expected a number, got 'often'"),
 ])
 def test_bad_overrides_name_field_and_value(experiment, override, message):
     with pytest.raises(SpecError) as e:

@@ -21,7 +21,7 @@ from evolve.record.store import atomic_write
 
 AUDIT_SCHEMA = pa.schema([
     ("proposal_id", pa.string()),
-    ("purpose", pa.string()),  # "child" or "notebook"
+    ("purpose", pa.string()),  # "child", "merge" or "notebook"
     ("attempt", pa.int32()),  # 0 first call, 1.. repair rounds
     ("model", pa.string()),
     ("parent_id", pa.string()),

@@ -1,11 +1,13 @@
 """The checks an agent's reply passes before any training: cheapest first.
 
-    parse -> policy -> apply -> duplicate -> syntax -> import -> smoke
+    parse -> policy -> apply -> conflict -> duplicate -> syntax -> import -> smoke
 
 `parse` reads the reply into edits; `policy` refuses a path that is sealed
 or outside the mutable surface (before applying, so such an edit is named
 for what it is, not as a missing file) and checks the applied result once
-more; `apply` needs every SEARCH text to match once; `duplicate` compares
+more; `apply` needs every SEARCH text to match once; `conflict` (a merge's
+reply only) needs every conflict region of the merged files resolved, no
+marker line left (`evolve.search.merge`); `duplicate` compares
 the child's content hash with every variant the search knows; `syntax`
 compiles Python and parses YAML without running anything; `import` and
 `smoke` run the child for a few optimizer steps in a fresh process (a child
@@ -27,12 +29,13 @@ from evolve.agent.edits import EditError, apply_edits, check_paths, parse_reply
 from evolve.messages import TrialConfig
 from evolve.rank.sandbox import policy_for
 from evolve.record.seals import surface_violations
+from evolve.search.merge import CLOSE, OPEN, marker_lines
 from evolve.variant import content_hash, variant_id
 from evolve.warm import zygote
 
 # Ray is imported inside the smoke stage, the only stage that needs a cluster.
 
-STAGES = ("endpoint", "parse", "policy", "apply", "duplicate", "syntax", "import", "smoke")
+STAGES = ("endpoint", "parse", "policy", "apply", "conflict", "duplicate", "syntax", "import", "smoke")
 
 
 class Rejected(Exception):
@@ -44,11 +47,13 @@ class Rejected(Exception):
 
 
 def check_reply(reply: str, parent_files: dict[str, bytes], mutable: list[str], sealed: list[str],
-                known_ids) -> tuple[dict[str, bytes], str, list[dict]]:
+                known_ids, unresolved: tuple = ()) -> tuple[dict[str, bytes], str, list[dict]]:
     """Returns (child files, rationale, changes) of a reply, or raises Rejected.
 
-    Runs the stages that need no process: parse, policy, apply, duplicate,
-    syntax. `changes` lists each file the child changes and how.
+    Runs the stages that need no process: parse, policy, apply, conflict,
+    duplicate, syntax. `unresolved`: the files of a merge whose conflict
+    regions the reply must resolve. `changes` lists each file the child
+    changes and how.
     """
     try:
         rationale, edits = parse_reply(reply)
@@ -65,6 +70,11 @@ def check_reply(reply: str, parent_files: dict[str, bytes], mutable: list[str], 
     bad = surface_violations(parent_files, child, mutable)
     if bad:
         raise Rejected("policy", f"changes files outside the mutable surface: {', '.join(bad)}")
+    for path in unresolved:
+        left = marker_lines(child[path].decode("utf-8", "replace")) if path in child else []
+        if left:
+            raise Rejected("conflict", f"FILE: {path}: {len(left)} conflict marker line(s) left, the first at line "
+                                       f"{left[0]}; replace each region from {OPEN} to {CLOSE} with its resolution")
     changed = sorted(p for p in child if child[p] != parent_files.get(p))
     if not changed:
         raise Rejected("duplicate", "the edits leave every file as it was")

@@ -31,7 +31,14 @@ from evolve.agent import audit, notebook, outbox
 from evolve.agent.cascade import STAGES, Rejected, smoke_task
 from evolve.agent.client import hold_keys, pick
 from evolve.agent.edits import MAX_TUNABLE
-from evolve.agent.prompts import Candidate, child_messages, notebook_messages, prompt_hash, tunable_format
+from evolve.agent.prompts import (
+    Candidate,
+    child_messages,
+    merge_messages,
+    notebook_messages,
+    prompt_hash,
+    tunable_format,
+)
 from evolve.agent.replies import ReplyCache
 from evolve.agent.writer import Agent, Outcome, Request
 from evolve.record.store import Store
@@ -54,6 +61,20 @@ class Brief:
     island: int
     model: int | None = None  # the model entry to write it (drawn by the searcher's bandit); None: drawn by weight
     arm: str = ""  # the bandit's name for that model, kept in the child's record
+
+
+@dataclass(frozen=True)
+class MergeBrief:
+    """What the searcher hands the agent for a merge whose conflicts it must resolve: plain data."""
+
+    ours: Candidate
+    theirs: Candidate
+    base_id: str
+    files: dict  # path -> bytes: the merged files, conflict regions marked, the sealed ones included
+    conflicted: tuple  # paths of the files with conflict regions
+    conflicts: int  # regions in all
+    from_theirs: tuple  # paths whose merged text takes anything from theirs
+    island: int
 
 
 class LLMOperator:
@@ -118,7 +139,8 @@ class LLMOperator:
             self.rejections["duplicate"] += 1
             self.accepted -= 1
             audit.append(self.store.root, [{
-                "proposal_id": child.record["proposal_id"], "purpose": "child", "attempt": -1,
+                "proposal_id": child.record["proposal_id"], "purpose": "merge" if child.operator == "merge" else "child",
+                "attempt": -1,
                 "parent_id": child.parents[0], "outcome": "rejected", "stage": "duplicate",
                 "reason": f"variant {child.id} was trained before this proposal's turn came",
                 "finished_at": time.time()}])
@@ -243,6 +265,26 @@ class LLMOperator:
                 and len([e for e in self.events if "variant" in e]) >= self.op.notebook_every):
             self._submit(self._notebook_request())
 
+    def merges_pending(self) -> int:
+        """Merge requests in flight plus resolved merges waiting for a slot."""
+        return self.agent.in_flight("merge") + sum(1 for c in self.ready if c.operator == "merge")
+
+    def submit_merge(self, brief: MergeBrief, known: frozenset) -> None:
+        """Sends the request to resolve one merge's conflicts; its child comes back through `take`."""
+        text = {p: brief.files[p].decode("utf-8", "replace") for p in brief.conflicted}
+        messages = merge_messages(brief.ours, brief.theirs, brief.base_id, text, self.spec.objective.metric,
+                                  self.spec.objective.mode, sealed=tuple(self.sealed_in_scaffold))
+        h = prompt_hash(messages)
+        self._submit(Request(
+            proposal_id=f"{self.n_requests:05d}-{h[:8]}", purpose="merge", messages=messages,
+            model=pick(self.rng, self.entries), prompt_hash=h, parent_id=brief.ours.variant_id,
+            island=brief.island, parent_files=brief.files, mutable=list(self.mutable),
+            sealed=list(self.spec.sealed) + list(self.sealed_in_scaffold),
+            known_ids=known | {r.id for r in self.ready}, repair_rounds=self.op.repair_rounds,
+            notebook_version=self.notebook_version,
+            merge={"other": brief.theirs.variant_id, "base": brief.base_id, "conflicted": list(brief.conflicted),
+                   "conflicts": brief.conflicts, "from_theirs": list(brief.from_theirs)}))
+
     def _submit(self, req: Request) -> None:
         self.n_requests += 1
         self.n_child_requests += req.purpose == "child"
@@ -291,8 +333,15 @@ class LLMOperator:
                 record["tunable"] = out.tunable
             if req.arm:
                 record["arm"] = req.arm
-            child = Variant(files=self.store.put_files(out.files), parents=(req.parent_id,),
-                            operator="llm", record=record, island=req.island)
+            parents, operator = (req.parent_id,), "llm"
+            if req.purpose == "merge":
+                m = req.merge
+                parents, operator = (req.parent_id, m["other"]), "merge"
+                record.update(kind="merge", base=m["base"], conflicts=m["conflicts"],
+                              conflicts_resolved=m["conflicts"], resolved_by="llm", conflicted=m["conflicted"],
+                              from_theirs=m["from_theirs"])
+            child = Variant(files=self.store.put_files(out.files), parents=parents,
+                            operator=operator, record=record, island=req.island)
             if audited and child.id in known:  # accepted, then trained, after the snapshot
                 self.accepted += 1
                 self.failures_in_row = 0

@@ -20,12 +20,13 @@ from evolve.record.store import Store, atomic_write
 FOLDER = "proposals"
 REQUEST_FIELDS = ("proposal_id", "purpose", "model", "prompt_hash", "parent_id", "island",
                   "notebook_version", "created_at")
+OPTIONAL_FIELDS = {"merge": dict}  # fields a proposal kept before they existed lacks
 
 
 def keep(store: Store, out: Outcome) -> Path:
     """Writes the finished proposal `out` to the run's proposals/ folder, atomically."""
     req = out.request
-    data = {"request": {**{k: getattr(req, k) for k in REQUEST_FIELDS}, "arm": req.arm},
+    data = {"request": {**{k: getattr(req, k) for k in (*REQUEST_FIELDS, *OPTIONAL_FIELDS)}, "arm": req.arm},
             "ok": out.ok, "stage": out.stage, "reason": out.reason,
             "files": store.put_files(out.files) if out.files is not None else None,
             "rationale": out.rationale, "changes": out.changes, "text": out.text,
@@ -44,7 +45,8 @@ def load(store: Store, skip: set[str] = frozenset()) -> tuple[list[Outcome], lis
         try:
             data = json.loads(path.read_text())
             req = Request(messages=[], **{k: data["request"][k] for k in REQUEST_FIELDS},
-                          arm=str(data["request"].get("arm") or ""))  # no arm: kept before the bandit
+                          arm=str(data["request"].get("arm") or ""),  # no arm: kept before the bandit
+                          **{k: make(data["request"].get(k) or make()) for k, make in OPTIONAL_FIELDS.items()})
             files = ({rel: store.get_blob(key) for rel, key in data["files"].items()}
                      if data["files"] is not None else None)
             outs.append(Outcome(req, data["ok"], data["stage"], data["reason"], files=files,

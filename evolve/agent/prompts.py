@@ -14,6 +14,8 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
+from evolve.search.merge import BASE, CLOSE, OPEN, THEIRS
+
 FORMAT = """Answer in exactly this format:
 
 RATIONALE: one paragraph: what you change and why it should help
@@ -136,6 +138,51 @@ def child_messages(parent: Candidate, inspirations: list[Candidate], failures: l
     parts.append(f"Mutable files: {', '.join(sorted(parent.files))}. "
                  f"Write one child of {parent.variant_id}; {direction} {metric} is better.")
     system = SYSTEM.format(direction=direction, metric=metric) + tunable
+    return [{"role": "system", "content": system}, {"role": "user", "content": "\n\n".join(parts)}]
+
+
+MERGE_SYSTEM = """You improve the process that trains a model: its training code, \
+settings and workflow guidelines. You are one step of an evolutionary \
+search, merging two strong variants that evolved apart from a common \
+ancestor. Their changes were merged line by line; where both changed the \
+same lines differently the merged files show a conflict region:
+
+{open} ours (the first variant)
+its lines
+{base} base (the common ancestor)
+the ancestor's lines
+{theirs} theirs (the second variant)
+its lines
+{close}
+
+Resolve every region: one SEARCH/REPLACE block per region, whose SEARCH \
+text is the whole region, marker lines included, and whose REPLACE text is \
+the lines the merged recipe should have (one side, or a combination that \
+keeps what made each variant strong). Leave no marker line. The child is \
+trained under a fixed token budget and scored by a sealed held-out \
+evaluation; {direction} {metric} is better.
+
+""" + FORMAT
+
+
+def merge_messages(ours: Candidate, theirs: Candidate, base_id: str, files: dict, metric: str, mode: str,
+                   sealed: tuple = ()) -> list[dict]:
+    """Returns the chat messages asking the agent to resolve a merge's conflicts.
+
+    `files`: path -> merged text of each file with conflict regions (the
+    other merged files need nothing from the agent and are not shown).
+    """
+    leaked = sorted(p for p in [*ours.files, *theirs.files, *files] if p in sealed)
+    if leaked:
+        raise ValueError(f"prompt: refusing to show sealed file(s) {', '.join(sorted(set(leaked)))}")
+    direction = "lower" if mode == "min" else "higher"
+    parts = [f"## Ours: {ours.variant_id}\n{_fitness(metric, ours)}\nwhat made it: {ours.rationale or '-'}",
+             f"## Theirs: {theirs.variant_id}\n{_fitness(metric, theirs)}\nwhat made it: {theirs.rationale or '-'}",
+             f"## Their common ancestor (the base): {base_id}",
+             f"## The merged files with conflicts\n\n{_files_block(files)}",
+             f"Resolve every conflict region in {', '.join(sorted(files))}; {direction} {metric} is better."]
+    system = MERGE_SYSTEM.format(open=OPEN, base=BASE, theirs=THEIRS, close=CLOSE, direction=direction,
+                                 metric=metric)
     return [{"role": "system", "content": system}, {"role": "user", "content": "\n\n".join(parts)}]
 
 

@@ -24,10 +24,10 @@ from evolve.errors import one_line
 
 @dataclass
 class Request:
-    """One thing asked of the agent: a child of `parent_id`, or a notebook update."""
+    """One thing asked of the agent: a child of `parent_id`, a merge, or a notebook update."""
 
     proposal_id: str
-    purpose: str  # "child" or "notebook"
+    purpose: str  # "child", "merge" or "notebook"
     messages: list
     model: int  # index into the operator's model entries
     prompt_hash: str = ""
@@ -42,6 +42,9 @@ class Request:
     created_at: float = field(default_factory=time.time)
     settings_file: str = ""  # hybrid: the settings file a TUNABLE block names keys of; empty: no block read
     arm: str = ""  # the searcher's bandit arm that chose the model; "" when the bandit is off
+    # a merge: {"other": theirs' id, "base": the base's id, "conflicted": [paths], "conflicts": n,
+    # "from_theirs": [paths]}; parent_id is ours, parent_files the merged files with the conflicts marked
+    merge: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -113,7 +116,7 @@ def write_child(req: Request, client, entry: dict, smoke=None, cache=None) -> Ou
             return Outcome(req, False, "endpoint", row["reason"], calls=calls)
         try:
             files, rationale, changes = check_reply(c.text, req.parent_files, req.mutable, req.sealed,
-                                                    req.known_ids)
+                                                    req.known_ids, tuple(req.merge.get("conflicted", ())))
             tunable = reply_tunable(c.text, files, req.settings_file)
             seconds = smoke(files) if smoke is not None else None
             return Outcome(req, True, files=files, rationale=rationale, changes=changes, calls=calls,

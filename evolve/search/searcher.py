@@ -19,13 +19,15 @@ from pathlib import Path
 
 from ray.tune.search import Searcher
 
-from evolve.agent.operator import DONE, WAIT, Brief, LLMOperator
+from evolve.agent.cascade import Rejected, check_syntax
+from evolve.agent.operator import DONE, WAIT, Brief, LLMOperator, MergeBrief
 from evolve.agent.prompts import Candidate
 from evolve.messages import RecordError, TrialConfig, TrialOutcome
 from evolve.record.seals import sealed_paths, surface_violations
 from evolve.record.store import Store, atomic_write, parsed
 from evolve.record.weights import INHERIT, read_inherit
 from evolve.search import confirm, hybrid
+from evolve.search import merge as merging
 from evolve.search import selection as pop
 from evolve.search import studies
 from evolve.search.bandit import Bandit, model_arms, reward
@@ -36,6 +38,7 @@ from evolve.variant import Variant
 
 MAX_DUPLICATE_TRIES = 20  # fresh mutations tried before a suggestion gives up
 BANDIT_FILE = "bandit.json"  # the bandit's state in the run folder, for `evolve status` and notebooks
+MERGE_POOL = 8  # the best variants a merge's two parents are drawn from
 
 
 class EvolveSearcher(Searcher):
@@ -84,6 +87,8 @@ class EvolveSearcher(Searcher):
         if self.hybrid:
             studies.check_sampler(spec.operator.hybrid_sampler)  # one line, before anything starts
         self.bandit, self.llm_arms = new_bandit(spec)
+        self.merge_tried: set[frozenset] = set()  # pairs of variants a merge was tried on, never again
+        self.merge_said: set[str] = set()  # the merge operator's once-only lines already printed
         self.llm = (LLMOperator(spec, trial_context, self.mutable, self.sealed_in_scaffold, log)
                     if spec.operator.kind in ("llm", "hybrid") else None)
         if self.llm is not None:  # the agent starts on the seed's children before Tune starts
@@ -107,30 +112,40 @@ class EvolveSearcher(Searcher):
                     return config
                 if not self.scores and any(not t.finished() for t in self.tunings.values()):
                     return None  # new code comes only from tuned code variants: wait for a tuning to finish
-            if self.llm is not None:
-                self.agent_turn()
-            if self.bandit is not None:
-                child = self._bandit_child()
-                if child == DONE:
-                    return Searcher.FINISHED
-            else:
-                got = self.llm.take(frozenset(self.variants)) if self.llm is not None else None
-                if got == WAIT:
-                    return None  # Tune asks again shortly; the agent is writing
-                if got == DONE:
-                    return Searcher.FINISHED
-                child = got if isinstance(got, Variant) else self._propose()
-            if child is None and self.llm is not None and self.llm.state == "ok":
-                return None  # the heuristic has nothing new; the agent will
+            # a clean three-way merge of two strong variants, when one is due (a conflicted one goes to the agent)
+            child = self._merge() if self._merge_due() else None
             if child is None:
-                self.log(f"evolve: no new variant after {MAX_DUPLICATE_TRIES} tries; stopping")
-                return Searcher.FINISHED
+                child = self._operate()
+                if not isinstance(child, Variant):
+                    return child  # None (ask again shortly) or FINISHED
         self._admit(child)
         self.live[trial_id] = child.id
         self.n_suggested += 1
         if self.llm is not None:
             self.agent_turn()  # keep the agent writing ahead of the next free slot
         return self._trial_config(child.id, trial_id).to_dict()
+
+    def _operate(self):
+        """Returns the next child from the agent or the heuristic operator, or None (not yet) or FINISHED."""
+        if self.llm is not None:
+            self.agent_turn()
+        if self.bandit is not None:
+            child = self._bandit_child()
+            if child == DONE:
+                return Searcher.FINISHED
+        else:
+            got = self.llm.take(frozenset(self.variants)) if self.llm is not None else None
+            if got == WAIT:
+                return None  # Tune asks again shortly; the agent is writing
+            if got == DONE:
+                return Searcher.FINISHED
+            child = got if isinstance(got, Variant) else self._propose()
+        if child is None and self.llm is not None and self.llm.state == "ok":
+            return None  # the heuristic has nothing new; the agent will
+        if child is None:
+            self.log(f"evolve: no new variant after {MAX_DUPLICATE_TRIES} tries; stopping")
+            return Searcher.FINISHED
+        return child
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         """Keeps each live trial's learning curve, for a trial the scheduler stops early."""
@@ -243,6 +258,8 @@ class EvolveSearcher(Searcher):
             self.__dict__.setdefault(name, default)  # a state saved before the hybrid search
         self.__dict__.setdefault("bandit", None)  # a state saved before the bandit
         self.__dict__.setdefault("llm_arms", {})
+        self.__dict__.setdefault("merge_tried", set())  # a state saved before the merge operator
+        self.__dict__.setdefault("merge_said", set())
         if "n_briefs" not in state:  # a state saved when the agent kept this count itself
             self.n_briefs = getattr(self.llm, "n_child_requests", 0) if self.llm is not None else 0
         self.log = self.log or print
@@ -328,6 +345,65 @@ class EvolveSearcher(Searcher):
             child = Variant(files=self.store.put_files(child_files), parents=tuple(used),
                             operator=record["kind"], record=record, island=island)
             if child.id not in self.variants:
+                return child
+        return None
+
+    # -- the merge operator (evolve.search.merge) ------------------------------------
+    def _merge_due(self) -> bool:
+        """Whether this suggestion is a merge (`operator.merge_rate`); draws nothing when merges are off."""
+        rate = self.spec.operator.merge_rate
+        if rate <= 0 or (self.llm is not None and self.llm.spent()):
+            return False
+        return self.rng.random() < rate
+
+    def _merge(self) -> Variant | None:
+        """Returns a clean three-way merge of two strong variants from different lineages, or None.
+
+        Pairs are tried best first, each once. A conflicted pair goes to the
+        LLM operator, whose resolved child comes back through `take`; with no
+        agent that answers it is left out and the next pair is tried.
+        """
+        parents = {v: x.parents for v, x in self.variants.items()}
+        island = pop.island_for(self.n_suggested, len(self.islands))
+        while (pair := merging.choose_pair(parents, self.scores, MERGE_POOL, self.merge_tried)) is not None:
+            a, b, base = pair
+            self.merge_tried.add(frozenset((a, b)))
+            files = {v: self.store.read_files(self.variants[v]) for v in pair}
+            try:
+                m = merging.merge_files(files[base], files[a], files[b], self.mutable, labels=(a, base, b))
+                for path in ([] if m.conflicts else m.from_theirs):
+                    check_syntax(path, m.files[path])  # two clean edits may still break a file together
+            except (merging.MergeError, Rejected) as e:
+                self.log(f"evolve: merge of {a[:8]} and {b[:8]} left out: {e}")
+                continue
+            for side in (a, b):
+                bad = surface_violations(files[side], m.files, self.mutable)
+                if bad:  # the merge itself broke the policy: a bug, not a variant
+                    raise RuntimeError(f"merge changed files outside the mutable surface: {bad}")
+            if m.conflicts:
+                if self.llm is not None and self.llm.state == "ok":
+                    if self.llm.merges_pending():  # one at a time: the pair waits for its turn
+                        self.merge_tried.discard(frozenset((a, b)))
+                        return None
+                    self.llm.submit_merge(MergeBrief(self.candidate(a), self.candidate(b), base, m.files,
+                                                     tuple(m.conflicts), m.n_conflicts, tuple(m.from_theirs),
+                                                     island), frozenset(self.variants))
+                    return None
+                if "conflict" not in self.merge_said:
+                    self.merge_said.add("conflict")
+                    self.log(f"evolve: merge: {a[:8]} and {b[:8]} conflict in {', '.join(m.conflicts)}; a conflicted "
+                             f"pair is merged only by an LLM operator that answers (operator.kind: llm), so such "
+                             f"pairs are left out and others tried")
+                continue
+            taken = ", ".join(m.from_theirs) or "nothing"
+            record = {"kind": "merge", "base": base, "conflicts": 0, "conflicts_resolved": 0, "resolved_by": None,
+                      "from_theirs": list(m.from_theirs),
+                      "changes": [{"file": p, "how": "merged"} for p in m.from_theirs],
+                      "rationale": f"merged {a[:8]} and {b[:8]} from their ancestor {base[:8]} "
+                                   f"({taken} with {b[:8]}'s changes)"}
+            child = Variant(files=self.store.put_files(m.files), parents=(a, b), operator="merge",
+                            record=record, island=island)
+            if child.id not in self.variants:  # else theirs' changes were ours' already
                 return child
         return None
 
