@@ -211,10 +211,13 @@ class Store:
 
     def _read_results(self) -> pa.Table:
         tables, self.unreadable = [], []
+        # the parts are listed before the merged file is read: a compaction that lands in between has
+        # removed a listed part (read again), never one the listing missed with its rows not yet merged
+        parts = self._parts()
         merged = self.population / COMPACTED
         if merged.is_file():
             tables.append(pq.read_table(merged, schema=RESULT_SCHEMA))
-        for part in self._parts():
+        for part in parts:
             try:
                 tables.append(pq.read_table(part, schema=RESULT_SCHEMA))
             except FileNotFoundError:
