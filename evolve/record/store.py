@@ -36,7 +36,7 @@ RESULT_SCHEMA = pa.schema([
     ("failure_reason", pa.string()),
     ("fitness", pa.float64()),  # the objective's metric from the sealed evaluation
     ("metrics", pa.string()),  # JSON: every metric of the sealed evaluation
-    ("curve", pa.string()),  # JSON: [[tokens, train_loss, dev_loss], ...]
+    ("curve", pa.string()),  # JSON: [[tokens, train_loss, dev_loss, step, lr], ...] (older rows: 3 columns)
     ("final_train_loss", pa.float64()),
     ("final_dev_loss", pa.float64()),
     ("train_seconds", pa.float64()),  # sum of step times (no dev-loss points, no reports)
@@ -53,6 +53,8 @@ RESULT_SCHEMA = pa.schema([
     ("tokens_per_s", pa.float64()),  # the training loop's throughput, all ranks together
     ("mfu", pa.float64()),  # model FLOPs utilisation against the device's peak (null on a CPU)
     ("gpu_hours", pa.float64()),  # the trial's wall time times the GPUs its ranks held
+    ("n_params", pa.int64()),  # the model's parameters, as the harness counted them (null in older rows)
+    ("optimizer_steps", pa.int64()),  # the optimizer steps the harness planned for the budget (null in older rows)
 ])
 
 

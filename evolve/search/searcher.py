@@ -18,15 +18,17 @@ from ray.tune.search import Searcher
 
 from evolve.agent.operator import DONE, WAIT, Brief, LLMOperator
 from evolve.agent.prompts import Candidate
-from evolve.messages import RecordError, TrialConfig, TrialOutcome
+from evolve.messages import RecordError, TrialConfig, TrialOutcome, curve_row
 from evolve.record.seals import sealed_paths, surface_violations
 from evolve.record.store import Store, atomic_write, parsed
 from evolve.search import confirm
+from evolve.search.facts import read_meta, task_facts
 from evolve.search import selection as pop
 from evolve.search.heuristic import crossover, perturb
 from evolve.variant import Variant
 
 MAX_DUPLICATE_TRIES = 20  # fresh mutations tried before a suggestion gives up
+SIBLINGS_SHOWN = 5  # a parent's latest children that failed or were stopped, in a brief
 
 
 class EvolveSearcher(Searcher):
@@ -68,6 +70,7 @@ class EvolveSearcher(Searcher):
         self.seed_id = seed.id
         self._pending_seed = seed
         self.n_briefs = 0  # drives the islands' round robin of the agent's requests
+        self.child_failures: dict[str, list[dict]] = {}  # parent id -> its children that failed or were stopped
         self.llm = (LLMOperator(spec, trial_context, self.mutable, self.sealed_in_scaffold, log)
                     if spec.operator.kind == "llm" else None)
         if self.llm is not None:  # the agent starts on the seed's children before Tune starts
@@ -108,8 +111,7 @@ class EvolveSearcher(Searcher):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         """Keeps each live trial's learning curve, for a trial the scheduler stops early."""
         if trial_id in self.live and "dev_loss" in result and "result_json" not in result:
-            self.curves.setdefault(trial_id, []).append(
-                [result["tokens"], result["train_loss"], result["dev_loss"]])
+            self.curves.setdefault(trial_id, []).append(curve_row(result))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         if trial_id in self.confirm_live:
@@ -125,7 +127,7 @@ class EvolveSearcher(Searcher):
             outcome = outcome.replace(summary={**outcome.summary, "curve": [p for p in curve if p[0] <= resumed]
                                                + list(outcome.summary.get("curve") or [])})
         if outcome is None and not error and result and "dev_loss" in result:
-            point = [result["tokens"], result["train_loss"], result["dev_loss"]]
+            point = curve_row(result)
             if not curve or curve[-1] != point:
                 curve.append(point)  # the result the scheduler stopped it on
         if outcome is None and not error and curve:  # the scheduler stopped it: a result, not a failure
@@ -186,6 +188,8 @@ class EvolveSearcher(Searcher):
         state = pickle.loads(Path(checkpoint_path).read_bytes())
         rng_state = state.pop("rng")
         self.__dict__.update(state)
+        if "child_failures" not in state:  # a state saved before the briefs carried the parent's failed children
+            self.child_failures = self._failed_children()
         self.rng = random.Random()
         self.rng.setstate(rng_state)
         if self.llm is not None:
@@ -208,6 +212,8 @@ class EvolveSearcher(Searcher):
         self.__dict__.update(state)
         if "n_briefs" not in state:  # a state saved when the agent kept this count itself
             self.n_briefs = getattr(self.llm, "n_child_requests", 0) if self.llm is not None else 0
+        if "child_failures" not in state:  # a state saved before the briefs carried the parent's failed children
+            self.child_failures = self._failed_children()
         self.log = self.log or print
         if getattr(self, "llm", None) is not None:
             self.llm.log = self.log
@@ -227,8 +233,14 @@ class EvolveSearcher(Searcher):
         parent = pop.select_parents(self.rng, self._members(island), self.spec.selection.tournament, 1)[0]
         k = self.spec.operator.inspirations
         best = [v for _, v in heapq.nsmallest(k + 1, ((-sc, v) for v, sc in self.scores.items())) if v != parent]
-        return Brief(parent=self.candidate(parent), parent_files=self.store.read_files(self.variants[parent]),
-                     inspirations=tuple(self.candidate(v) for v in best[:k]), island=island)
+        files = self.store.read_files(self.variants[parent])
+        settings = files.get(self.settings_file)
+        facts = task_facts(self.spec, read_meta(self.context["data_dir"]),
+                           settings.decode("utf-8", "replace") if settings is not None else None,
+                           self.results.get(parent))
+        return Brief(parent=self.candidate(parent), parent_files=files,
+                     inspirations=tuple(self.candidate(v) for v in best[:k]), island=island, facts=facts,
+                     siblings=tuple(self.child_failures.get(parent, [])[-SIBLINGS_SHOWN:]))
 
     def candidate(self, vid: str) -> Candidate:
         """A variant as a prompt shows it: its mutable files, fitness, curve, metrics, rationale and speed."""
@@ -314,7 +326,13 @@ class EvolveSearcher(Searcher):
         curve, fitness = row["curve"], row["fitness"]
         self.results[vid] = {"status": row["status"], "fitness": fitness, "curve": curve,
                              "metrics": row["metrics"], "tokens_per_s": _finite(row.get("tokens_per_s")),
-                             "mfu": _finite(row.get("mfu")), "trial_seconds": _finite(row.get("trial_seconds"))}
+                             "mfu": _finite(row.get("mfu")), "trial_seconds": _finite(row.get("trial_seconds")),
+                             "failure_reason": row.get("failure_reason"),
+                             "n_params": _count_of(row.get("n_params")),  # absent from rows older than it
+                             "optimizer_steps": _count_of(row.get("optimizer_steps"))}
+        failed = self._failed_child(vid)
+        if failed is not None:
+            self.child_failures.setdefault(self.variants[vid].parents[0], []).append(failed)
         score = pop.score(fitness, self.spec.objective.mode)
         if math.isfinite(score):
             self.scores[vid] = score
@@ -351,6 +369,23 @@ class EvolveSearcher(Searcher):
                 self.curves.pop(trial_id, None)
             new += 1
         return new
+
+    def _failed_child(self, vid: str) -> dict | None:
+        """A recorded child that failed or was stopped, as a brief shows it (None otherwise, or the seed)."""
+        r, v = self.results.get(vid), self.variants.get(vid)
+        if r is None or v is None or not v.parents or r["status"] not in ("failed", "stopped"):
+            return None
+        return {"variant_id": vid, "status": r["status"], "reason": (r.get("failure_reason") or "")[:400],
+                "change": (v.record.get("rationale") or v.operator)[:300]}
+
+    def _failed_children(self) -> dict[str, list[dict]]:
+        """Every parent's children that failed or were stopped, from the results (a state saved before them)."""
+        out: dict[str, list[dict]] = {}
+        for vid in self.results:
+            failed = self._failed_child(vid)
+            if failed is not None:
+                out.setdefault(self.variants[vid].parents[0], []).append(failed)
+        return out
 
     def _migrate_if_due(self) -> None:
         if self.n_recorded % self.spec.selection.migrate_every:
@@ -397,6 +432,7 @@ def result_row(v: Variant, trial_id: str, outcome: TrialOutcome) -> dict:
         "finished_at": time.time(),
         "tokens_per_s": _times(summary.get("tokens_per_s"), summary.get("world_size")),
         "mfu": summary.get("mfu"), "gpu_hours": outcome.gpu_hours,
+        "n_params": _count_of(summary.get("n_params")), "optimizer_steps": _count_of(summary.get("optimizer_steps")),
     }
 
 
@@ -420,6 +456,11 @@ def _finite(x) -> float | None:
         return float(x) if x is not None and math.isfinite(float(x)) else None
     except (TypeError, ValueError):
         return None
+
+
+def _count_of(x) -> int | None:
+    """Returns `x` if it is a count (an int, 0 or more), else None (missing, or not one)."""
+    return x if isinstance(x, int) and not isinstance(x, bool) and x >= 0 else None
 
 
 def _times(rate, world) -> float | None:
