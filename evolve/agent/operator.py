@@ -30,7 +30,7 @@ from pathlib import Path
 from evolve.agent import audit, notebook, outbox
 from evolve.agent.cascade import STAGES, Rejected, smoke_task
 from evolve.agent.client import hold_keys, pick
-from evolve.agent.prompts import Candidate, child_messages, notebook_messages, prompt_hash
+from evolve.agent.prompts import Candidate, TaskFacts, child_messages, notebook_messages, prompt_hash
 from evolve.agent.replies import ReplyCache
 from evolve.agent.writer import Agent, Outcome, Request
 from evolve.record.store import Store
@@ -51,6 +51,9 @@ class Brief:
     parent_files: dict  # path -> bytes: every file of the parent, the sealed ones included
     inspirations: tuple  # of Candidate: strong variants other than the parent
     island: int
+    facts: TaskFacts | None = None  # what the harness and the spec fix, with the parent's recorded counts
+    siblings: tuple = ()  # the parent's latest children that failed or were stopped: dicts of
+    # variant_id, status, change, reason
 
 
 class LLMOperator:
@@ -315,7 +318,9 @@ class LLMOperator:
     def _child_request(self, brief: Brief, known: frozenset) -> Request:
         messages = child_messages(brief.parent, list(brief.inspirations), list(self.recent_failures),
                                   self.notebook_text, self.spec.objective.metric, self.spec.objective.mode,
-                                  sealed=tuple(self.sealed_in_scaffold))
+                                  sealed=tuple(self.sealed_in_scaffold), facts=brief.facts,
+                                  siblings=brief.siblings, in_flight=self.in_flight(),
+                                  max_chars=self.op.prompt_chars)
         h = prompt_hash(messages)
         return Request(proposal_id=f"{self.n_requests:05d}-{h[:8]}", purpose="child", messages=messages,
                        model=pick(self.rng, self.entries), prompt_hash=h, parent_id=brief.parent.variant_id,
@@ -323,6 +328,14 @@ class LLMOperator:
                        sealed=list(self.spec.sealed) + list(self.sealed_in_scaffold),
                        known_ids=known | {r.id for r in self.ready},
                        repair_rounds=self.op.repair_rounds, notebook_version=self.notebook_version)
+
+    def in_flight(self) -> list[dict]:
+        """The changes already under way: checked children waiting for a slot, then the requests being written."""
+        ready = [{"parent": c.parents[0], "rationale": c.record.get("rationale") or "",
+                  "files": [ch["file"] for ch in c.record.get("changes") or []]} for c in self.ready]
+        writing = [{"parent": r.parent_id, "rationale": None} for r in
+                   sorted(self.agent.pending.values(), key=lambda r: r.proposal_id) if r.purpose == "child"]
+        return ready + writing
 
     def _notebook_request(self) -> Request:
         events, self.events = self.events, []
