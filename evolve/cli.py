@@ -189,8 +189,9 @@ def cmd_show(args) -> int:
               f"tokens {int(r['tokens_trained']) if r['tokens_trained'] == r['tokens_trained'] else '-'}")
         curve = pop.curve(vid)
         step = max(1, -(-len(curve) // 8))  # at most about 8 points, the last always
-        for tokens, train_loss, dev_loss in curve[::-1][::step][::-1]:
-            print(f"  curve tokens {tokens:>9,}  train {train_loss:.4f}  dev {dev_loss:.4f}")
+        for p in curve[::-1][::step][::-1]:  # [tokens, train, dev] and, when recorded, step and lr
+            more = "".join(f"  {k} {v:{f}}" for k, v, f in zip(("step", "lr"), p[3:5], ("", ".3g")) if v is not None)
+            print(f"  curve tokens {p[0]:>9,}  train {p[1]:.4f}  dev {p[2]:.4f}{more}")
     for line in tuning_lines(pop, vid, v.record):
         print(line)
     print(diff_against_parent(args.run_dir, vid) or "(no diff: the seed)")

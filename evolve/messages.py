@@ -145,6 +145,16 @@ class TrialOutcome:
         return dataclasses.replace(self, **changes)
 
 
+# A recorded learning-curve point: [tokens, train_loss, dev_loss, step, lr]. Readers index the first three,
+# so rows recorded before step and lr were kept (three columns) still read; step and lr may be None.
+CURVE_COLUMNS = ("tokens", "train_loss", "dev_loss", "step", "lr")
+
+
+def curve_row(point: dict) -> list:
+    """Returns the recorded row of one harness curve point (see CURVE_COLUMNS)."""
+    return [point["tokens"], point["train_loss"], point["dev_loss"], point.get("step"), point.get("lr")]
+
+
 def split_tokens(meta: dict) -> int:
     """The size of the training split, in tokens (bytes for a byte-level corpus), from the data's meta."""
     return int(meta["train_tokens"])  # the sealed prepare's key, kept for the runs it already wrote

@@ -109,6 +109,7 @@ class Operator:
     smoke_timeout_s: float = doc(120.0, "the smoke run is killed after this")
     notebook_every: int = doc(4, "results between research-notebook updates; 0: no notebook")
     inspirations: int = doc(2, "other strong variants shown in a prompt")
+    prompt_chars: int = doc(60_000, "a child prompt's size budget in characters: over it, the inspirations' diffs go first, then learning-curve points (never the task's facts or the parent's files); 0: no budget")
     max_failures: int = doc(3, "failures in a row before the heuristic operator takes over")
     probe_every_s: float = doc(60.0, "while fallen back, how often the agent is tried again")
     inherit: bool = doc(False, "a child that changes only settings outside `shape_keys` continues from its parent's final weights (as PBT's exploit does) instead of training from scratch")
@@ -442,7 +443,7 @@ def _check_operator(op: Operator) -> None:
                         f"got {op.hybrid_sampler!r}")
     _check_numbers("operator", {k: getattr(op, k) for k in MODEL_FIELDS if k != "weight"} | {"weight": 1.0})
     model_entries(op)
-    for name in ("repair_rounds", "ahead", "smoke_steps", "notebook_every", "retries"):
+    for name in ("repair_rounds", "ahead", "smoke_steps", "notebook_every", "retries", "prompt_chars"):
         if getattr(op, name) < 0:
             raise SpecError(f"operator.{name}: must be 0 or more, got {getattr(op, name)!r}")
     for name in ("parallel", "max_failures"):

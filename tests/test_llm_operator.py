@@ -260,3 +260,72 @@ def test_resume_takes_in_the_kept_proposals_and_buys_none_again(experiment, tmp_
     assert len(table) == 5 and table["proposal_id"].is_unique and not table["cached"].any()
     assert set(table["variant_id"]) == set(llm["variant_id"])
     assert restored.llm.usage["calls"] == 5
+
+
+@pytest.mark.search
+def test_a_child_prompt_carries_the_searchs_real_facts_and_curve(experiment, tmp_path):
+    """A real search: once the seed has trained, its children's prompts (as audited) carry its counted numbers."""
+    import re
+
+    import ray
+
+    from evolve.driver import run_search
+    from evolve.messages import split_tokens
+    from evolve.read.population import load_audit
+    from evolve.warm import zygote
+
+    run = tmp_path / "run"
+    with ScriptedOpenAI(counting_responder()) as s:
+        spec = load_spec(experiment, FAST + [
+            f"operator.base_url={s.url}", "budget.trials=3", "budget.concurrent=1", "budget.train_tokens=16384",
+            "trial.report_every=1", "task.param_cap=500000"])
+        try:
+            run_search(spec, run, log=lambda line: None)
+        finally:
+            ray.shutdown()
+            zygote.shutdown()
+    pop = load_population(run)
+    seed = pop[pop["operator"] == "seed"].iloc[0]
+    assert seed["status"] == "completed" and seed["optimizer_steps"] == 16 and 0 < seed["n_params"] < 500_000
+    curve = json.loads(seed["curve"])
+    assert len(curve) == 16 and [p[3] for p in curve] == list(range(1, 17)) and all(p[4] > 0 for p in curve)
+    meta = json.loads((run / "data" / "meta.json").read_text())
+    table = load_audit(run)
+    prompts = [m[1]["content"] for m, parent in zip(table["messages"], table["parent_id"])
+               if parent == seed["variant_id"]]
+    trained = [p for p in prompts if "counted in its trial" in p]
+    assert len(prompts) == 2 and len(trained) == 1  # one written before the seed had trained, one after
+    assert "the parent's count: not measured yet" in prompts[0] and "buy 16 optimizer steps" in prompts[0]
+    user = trained[0]
+    facts = user[user.index("## The task"):user.index("## Research notebook")]
+    for fact in ("16,384 training tokens per trial", "buy 16 optimizer steps (as the harness planned them",
+                 "cap: 500,000 parameters", f"the parent's model has {seed['n_params']:,} (counted in its trial)",
+                 "context: 128 tokens", "corpus: Python documentation (pydoc_data.topics); training split "
+                 f"{split_tokens(meta):,} tokens", f"{seed['tokens_per_s']:,.0f} tokens/s"):
+        assert fact in facts, (fact, facts)
+    shown = user[user.index("learning curve (8 of 16 points, evenly spread):"):]
+    rows = shown.split("```\n")[1].split("\n```")[0].splitlines()[1:]
+    assert len(rows) == 8 and [int(r.split()[0]) for r in rows] == [1, 3, 5, 7, 10, 12, 14, 16]
+    assert all(re.fullmatch(r"\d+\.\d{3}e-0\d", r.split()[2]) for r in rows)  # the lr at each point
+
+
+@pytest.mark.warm
+def test_parallel_requests_are_told_the_changes_already_in_flight(experiment, tmp_path, server):
+    searcher, lines, run = make(experiment, tmp_path, server.url, "budget.trials=8", "operator.parallel=2",
+                                "operator.ahead=3")
+    first, second = sorted(searcher.llm.agent.pending.values(), key=lambda r: r.proposal_id)  # asked at once
+    assert "## Changes already in flight" not in first.messages[1]["content"]
+    assert f"- 1 child of {searcher.seed_id} being written now" in second.messages[1]["content"]
+    deadline = time.monotonic() + 30
+    while searcher.llm.n_child_requests < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        searcher.agent_turn()  # takes a finished one in and asks for a third while the other may be out
+    third = [r for r in searcher.llm.agent.pending.values() if r.proposal_id.startswith("00002-")]
+    searcher.close()
+    assert len(third) == 1
+    user = third[0].messages[1]["content"]
+    waiting = [ln for ln in user.splitlines() if "waiting for a trial (changes config.yaml)" in ln]
+    writing = [ln for ln in user.splitlines() if ln == f"- 1 child of {searcher.seed_id} being written now"]
+    assert waiting and all(f"a child of {searcher.seed_id}, waiting" in ln and "scale the peak learning rate"
+                           in ln for ln in waiting)
+    assert len(waiting) + len(writing) == 2  # the other two requests: each either ready or still being written

@@ -166,6 +166,7 @@ def test_a_warm_up_then_rl_within_the_budget_learns_the_task(arith):
     assert summary["sft_steps"] > 0 and summary["rl_steps"] > 0
     assert summary["tokens_trained"] <= 120_000 and points[-1]["last"]
     assert all("reward" in p for p in points if p["phase"] == "rl")
+    assert [r[3:] for r in summary["curve"]] == [[p["step"], p["lr"]] for p in points]  # step and lr recorded
     model = __import__("transformers").GPT2LMHeadModel.from_pretrained(root / "out-learner" / "model")
     evaluate = load_module(RL_ARITH / "harness" / "evaluate.py", "rl_arith_evaluate")
     metrics = evaluate.evaluate(model, root / "data" / "heldout.bin", spec.task)

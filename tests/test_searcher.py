@@ -184,3 +184,42 @@ def test_after_the_budget_the_top_candidate_is_rerun_and_confirmed(experiment, t
     assert cli.main(["approve", str(tmp_path / "run"), best[:6], "--note", "re-runs reproduce it"]) == 0
     assert f"confirmed champion: {best}" in capsys.readouterr().out
     assert confirm.load_verdict(tmp_path / "run")["champion"]["variant_id"] == best
+
+
+def test_a_brief_carries_the_facts_and_the_parents_failed_and_stopped_children(experiment, tmp_path):
+    import pickle
+
+    s, store = make(experiment, tmp_path)
+    seed = s.suggest("t0")["variant_id"]
+    s.on_trial_complete("t0", {"result_json": json.dumps({
+        "status": "completed", "fitness": 3.5, "summary": {
+            "curve": [[1024, 5.0, 4.0, 1, 1e-3]], "tokens_trained": 1024, "n_params": 124_672, "optimizer_steps": 1}})})
+    failed, stopped = s.suggest("t1")["variant_id"], s.suggest("t2")["variant_id"]
+    finish(s, "t1", {}, None)
+    point = {"tokens": 2048, "train_loss": 4.1, "dev_loss": 4.2, "step": 2, "lr": 5e-4}
+    s.on_trial_result("t2", point)
+    s.on_trial_complete("t2", point)  # the scheduler stopped it: its curve is its result
+    pop = load_population(tmp_path / "run")
+    assert pop.curve(stopped) == [[2048, 4.1, 4.2, 2, 5e-4]]
+    row = pop[pop["variant_id"] == seed].iloc[0]
+    assert row["n_params"] == 124_672 and row["optimizer_steps"] == 1
+    brief = s._brief()
+    assert brief.parent.variant_id == seed  # the only scored variant
+    assert [(c["variant_id"], c["status"]) for c in brief.siblings] == [(failed, "failed"), (stopped, "stopped")]
+    assert brief.siblings[0]["reason"] == "boom" and brief.siblings[1]["reason"].startswith("stopped early")
+    assert brief.siblings[0]["change"].startswith(("perturbed", "flipped", "crossed", "set"))
+    f = brief.facts
+    assert (f.train_tokens, f.param_cap, f.eval_seq_len, f.parent_params, f.steps) == (
+        s.spec.budget.train_tokens, 1_000_000, 128, 124_672, 1)
+    assert f.split_tokens is None  # no data prepared in this test
+    # a state saved before the briefs carried the failed children: rebuilt from the results
+    state = pickle.loads((s.save(str(tmp_path / "state.pkl")), (tmp_path / "state.pkl").read_bytes())[1])
+    del state["child_failures"]
+    (tmp_path / "old.pkl").write_bytes(pickle.dumps(state))
+    r, _ = make(experiment, tmp_path)
+    r.restore(str(tmp_path / "old.pkl"))
+    assert r.child_failures == s.child_failures and len(r.child_failures[seed]) == 2
+    old = pickle.loads(pickle.dumps({k: v for k, v in s.__getstate__().items() if k != "child_failures"}))
+    again = EvolveSearcher.__new__(EvolveSearcher)
+    again.__setstate__(old)
+    assert again.child_failures == s.child_failures

@@ -168,12 +168,14 @@ def test_a_population_written_before_the_speed_columns_loads_with_them_empty(tmp
 
     from evolve.record.store import RESULT_SCHEMA, Store
 
-    older = pa.schema([f for f in RESULT_SCHEMA if f.name not in ("tokens_per_s", "mfu", "gpu_hours")])
+    older = pa.schema([f for f in RESULT_SCHEMA
+                       if f.name not in ("tokens_per_s", "mfu", "gpu_hours", "n_params", "optimizer_steps")])
     (tmp_path / "population").mkdir()
     pq.write_table(pa.Table.from_pylist([{"variant_id": "a", "status": "completed", "fitness": 1.0}], schema=older),
                    tmp_path / "population" / "00000001-a.parquet")
     table = Store(tmp_path).read_results()
     assert table.num_rows == 1 and table.column("mfu").to_pylist() == [None]
+    assert table.column("n_params").to_pylist() == [None] == table.column("optimizer_steps").to_pylist()
 
 
 def test_status_shows_gpu_hours_and_mfu_when_trials_ran_on_gpus():

@@ -33,6 +33,7 @@ from evolve.agent.client import hold_keys, pick
 from evolve.agent.edits import MAX_TUNABLE
 from evolve.agent.prompts import (
     Candidate,
+    TaskFacts,
     child_messages,
     merge_messages,
     notebook_messages,
@@ -61,6 +62,9 @@ class Brief:
     island: int
     model: int | None = None  # the model entry to write it (drawn by the searcher's bandit); None: drawn by weight
     arm: str = ""  # the bandit's name for that model, kept in the child's record
+    facts: TaskFacts | None = None  # what the harness and the spec fix, with the parent's recorded counts
+    siblings: tuple = ()  # the parent's latest children that failed or were stopped: dicts of
+    # variant_id, status, change, reason
 
 
 @dataclass(frozen=True)
@@ -409,7 +413,9 @@ class LLMOperator:
         settings = self.settings_file
         messages = child_messages(brief.parent, list(brief.inspirations), list(self.recent_failures),
                                   self.notebook_text, self.spec.objective.metric, self.spec.objective.mode,
-                                  sealed=tuple(self.sealed_in_scaffold),
+                                  sealed=tuple(self.sealed_in_scaffold), facts=brief.facts,
+                                  siblings=brief.siblings, in_flight=self.in_flight(),
+                                  max_chars=self.op.prompt_chars,
                                   tunable=tunable_format(settings, MAX_TUNABLE) if settings else "")
         h = prompt_hash(messages)
         model = pick(self.rng, self.entries) if brief.model is None else brief.model
@@ -420,6 +426,14 @@ class LLMOperator:
                        known_ids=known | {r.id for r in self.ready},
                        repair_rounds=self.op.repair_rounds, notebook_version=self.notebook_version,
                        settings_file=settings)
+
+    def in_flight(self) -> list[dict]:
+        """The changes already under way: checked children waiting for a slot, then the requests being written."""
+        ready = [{"parent": c.parents[0], "rationale": c.record.get("rationale") or "",
+                  "files": [ch["file"] for ch in c.record.get("changes") or []]} for c in self.ready]
+        writing = [{"parent": r.parent_id, "rationale": None} for r in
+                   sorted(self.agent.pending.values(), key=lambda r: r.proposal_id) if r.purpose == "child"]
+        return ready + writing
 
     def _notebook_request(self) -> Request:
         events, self.events = self.events, []

@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from evolve.errors import one_line
-from evolve.messages import TrialConfig
+from evolve.messages import TrialConfig, curve_row
 from evolve.rank import mfu, performance, sandbox
 from evolve.spec import task_limit
 
@@ -424,7 +424,7 @@ def train(config: TrialConfig, rank: int, world: int, out_dir: Path, report) -> 
                 point = {"step": step, "tokens": tokens, "train_loss": loss_sum / loss_n,
                          "dev_loss": dev_loss, "last": step == total_steps,
                          "lr": scheduler.get_last_lr()[0], **speed.interval()}
-                curve.append([tokens, point["train_loss"], dev_loss])
+                curve.append(curve_row(point))
                 loss_sum, loss_n = 0.0, 0
                 final = config.keep_weights and not smoke and step == total_steps  # for children to inherit
                 if final or (next_ckpt is not None and tokens >= next_ckpt and step < total_steps):

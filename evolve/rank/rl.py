@@ -20,7 +20,7 @@ import math
 import time
 from pathlib import Path
 
-from evolve.messages import TrialConfig
+from evolve.messages import TrialConfig, curve_row
 from evolve.rank import sandbox
 from evolve.rank.lm import (
     RecipeError,
@@ -253,10 +253,11 @@ def train(config: TrialConfig, rank: int, world: int, out_dir: Path, report) -> 
         nonlocal loss_sum, loss_n, reward_sum, reward_n
         dev_loss, dev_acc = _dev_metrics(engine.module, dev, answer_bytes, end)
         p = {"step": step, "tokens": tokens, "train_loss": loss_sum / max(1, loss_n), "dev_loss": dev_loss,
-             "dev_accuracy": dev_acc, "phase": phase, "last": step == total_steps}
+             "dev_accuracy": dev_acc, "phase": phase, "last": step == total_steps,
+             "lr": scheduler.get_last_lr()[0]}
         if reward_n:
             p["reward"] = reward_sum / reward_n
-        curve.append([tokens, p["train_loss"], dev_loss])
+        curve.append(curve_row(p))
         loss_sum, loss_n, reward_sum, reward_n = 0.0, 0, 0.0, 0
         if not smoke:
             report(p)

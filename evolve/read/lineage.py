@@ -136,12 +136,14 @@ def pareto_front(pop: pd.DataFrame, cost: str = "compute_seconds", mode: str = "
 
 
 def curves(pop: pd.DataFrame, ids=None) -> pd.DataFrame:
-    """Returns the learning curves of `ids` (default all) as rows of variant, tokens, train and dev loss."""
+    """Returns the learning curves of `ids` (default all) as rows of variant, tokens, train and dev loss,
+    optimizer step and learning rate (None for points recorded before they were kept)."""
     chosen = set(ids) if ids is not None else None
-    rows = [{"variant_id": v, "tokens": p[0], "train_loss": p[1], "dev_loss": p[2]}
+    rows = [{"variant_id": v, "tokens": p[0], "train_loss": p[1], "dev_loss": p[2],
+             "step": p[3] if len(p) > 3 else None, "lr": p[4] if len(p) > 4 else None}
             for v, curve in zip(pop["variant_id"], pop["curve"]) if chosen is None or v in chosen
             for p in ((json.loads(curve) if isinstance(curve, str) else curve) or [])]
-    return pd.DataFrame(rows, columns=["variant_id", "tokens", "train_loss", "dev_loss"])
+    return pd.DataFrame(rows, columns=["variant_id", "tokens", "train_loss", "dev_loss", "step", "lr"])
 
 
 def path_to(pop, vid: str, diff) -> list[dict]:

@@ -92,7 +92,7 @@ class Population(pd.DataFrame):
         return lineage.pareto_front(self, cost, self.mode, workers_per_trial(self.run_dir))
 
     def curve(self, variant: str) -> list:
-        """The learning curve of one variant: [[tokens, train_loss, dev_loss], ...]."""
+        """The learning curve of one variant: [[tokens, train_loss, dev_loss, step, lr], ...] (older rows: 3 columns)."""
         vid = self.resolve(variant)
         text = self.loc[self["variant_id"] == vid, "curve"]
         return json.loads(text.iloc[0]) if len(text) and isinstance(text.iloc[0], str) else []

@@ -36,7 +36,7 @@ RESULT_SCHEMA = pa.schema([
     ("failure_reason", pa.string()),
     ("fitness", pa.float64()),  # the objective's metric from the sealed evaluation
     ("metrics", pa.string()),  # JSON: every metric of the sealed evaluation
-    ("curve", pa.string()),  # JSON: [[tokens, train_loss, dev_loss], ...]
+    ("curve", pa.string()),  # JSON: [[tokens, train_loss, dev_loss, step, lr], ...] (older rows: 3 columns)
     ("final_train_loss", pa.float64()),
     ("final_dev_loss", pa.float64()),
     ("train_seconds", pa.float64()),  # sum of step times (no dev-loss points, no reports)
@@ -55,6 +55,8 @@ RESULT_SCHEMA = pa.schema([
     ("gpu_hours", pa.float64()),  # the trial's wall time times the GPUs its ranks held
     ("inherited_from", pa.string()),  # the parent whose final weights the trial continued from (operator.inherit)
     ("tokens_inherited", pa.int64()),  # tokens those weights held; tokens_trained counts only its own
+    ("n_params", pa.int64()),  # the model's parameters, as the harness counted them (null in older rows)
+    ("optimizer_steps", pa.int64()),  # the optimizer steps the harness planned for the budget (null in older rows)
 ])
 
 

@@ -29,12 +29,12 @@ from pathlib import Path
 import yaml
 
 from evolve.driver import init_ray, prepare_run, scaffold_files
+from evolve.messages import TrialConfig
 from evolve.record.store import Store, atomic_write
 from evolve.search.heuristic import mutable_keys
 from evolve.search.hybrid import settings_text  # the seed's settings YAML with sampled values written in place
 from evolve.search.searcher import read_outcome, result_row
 from evolve.search.yamledit import flatten
-from evolve.messages import TrialConfig
 from evolve.spec import Spec
 from evolve.trial.slots import SlotPool
 from evolve.trial.train import TRIAL_RESOURCES, report_point, train_variant

@@ -22,7 +22,7 @@ from ray.tune.search import Searcher
 from evolve.agent.cascade import Rejected, check_syntax
 from evolve.agent.operator import DONE, WAIT, Brief, LLMOperator, MergeBrief
 from evolve.agent.prompts import Candidate
-from evolve.messages import RecordError, TrialConfig, TrialOutcome
+from evolve.messages import RecordError, TrialConfig, TrialOutcome, curve_row
 from evolve.record.seals import sealed_paths, surface_violations
 from evolve.record.store import Store, atomic_write, parsed
 from evolve.record.weights import INHERIT, read_inherit
@@ -31,6 +31,7 @@ from evolve.search import merge as merging
 from evolve.search import selection as pop
 from evolve.search import studies
 from evolve.search.bandit import Bandit, model_arms, reward
+from evolve.search.facts import read_meta, task_facts
 from evolve.search.heuristic import crossover, perturb
 from evolve.search.inherit import inherit_refusal, inherit_tokens
 from evolve.spec import model_entries
@@ -39,6 +40,7 @@ from evolve.variant import Variant
 MAX_DUPLICATE_TRIES = 20  # fresh mutations tried before a suggestion gives up
 BANDIT_FILE = "bandit.json"  # the bandit's state in the run folder, for `evolve status` and notebooks
 MERGE_POOL = 8  # the best variants a merge's two parents are drawn from
+SIBLINGS_SHOWN = 5  # a parent's latest children that failed or were stopped, in a brief
 
 
 class EvolveSearcher(Searcher):
@@ -89,6 +91,7 @@ class EvolveSearcher(Searcher):
         self.bandit, self.llm_arms = new_bandit(spec)
         self.merge_tried: set[frozenset] = set()  # pairs of variants a merge was tried on, never again
         self.merge_said: set[str] = set()  # the merge operator's once-only lines already printed
+        self.child_failures: dict[str, list[dict]] = {}  # parent id -> its children that failed or were stopped
         self.llm = (LLMOperator(spec, trial_context, self.mutable, self.sealed_in_scaffold, log)
                     if spec.operator.kind in ("llm", "hybrid") else None)
         if self.llm is not None:  # the agent starts on the seed's children before Tune starts
@@ -150,8 +153,7 @@ class EvolveSearcher(Searcher):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         """Keeps each live trial's learning curve, for a trial the scheduler stops early."""
         if trial_id in self.live and "dev_loss" in result and "result_json" not in result:
-            self.curves.setdefault(trial_id, []).append(
-                [result["tokens"], result["train_loss"], result["dev_loss"]])
+            self.curves.setdefault(trial_id, []).append(curve_row(result))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         if trial_id in self.confirm_live:
@@ -167,7 +169,7 @@ class EvolveSearcher(Searcher):
             outcome = outcome.replace(summary={**outcome.summary, "curve": [p for p in curve if p[0] <= resumed]
                                                + list(outcome.summary.get("curve") or [])})
         if outcome is None and not error and result and "dev_loss" in result:
-            point = [result["tokens"], result["train_loss"], result["dev_loss"]]
+            point = curve_row(result)
             if not curve or curve[-1] != point:
                 curve.append(point)  # the result the scheduler stopped it on
         if outcome is None and not error and curve:  # the scheduler stopped it: a result, not a failure
@@ -228,6 +230,8 @@ class EvolveSearcher(Searcher):
         state = pickle.loads(Path(checkpoint_path).read_bytes())
         rng_state = state.pop("rng")
         self.__dict__.update(state)
+        if "child_failures" not in state:  # a state saved before the briefs carried the parent's failed children
+            self.child_failures = self._failed_children()
         self.rng = random.Random()
         self.rng.setstate(rng_state)
         if self.llm is not None:
@@ -262,6 +266,8 @@ class EvolveSearcher(Searcher):
         self.__dict__.setdefault("merge_said", set())
         if "n_briefs" not in state:  # a state saved when the agent kept this count itself
             self.n_briefs = getattr(self.llm, "n_child_requests", 0) if self.llm is not None else 0
+        if "child_failures" not in state:  # a state saved before the briefs carried the parent's failed children
+            self.child_failures = self._failed_children()
         self.log = self.log or print
         if getattr(self, "llm", None) is not None:
             self.llm.log = self.log
@@ -287,8 +293,14 @@ class EvolveSearcher(Searcher):
         k = self.spec.operator.inspirations
         best = [v for _, v in heapq.nsmallest(k + 1, ((-sc, v) for v, sc in self.scores.items())) if v != parent]
         arm = self.bandit.choose(self.rng, among=self.llm_arms) if self.bandit and self.llm_arms else ""
-        return Brief(parent=self.candidate(parent), parent_files=self.store.read_files(self.variants[parent]),
-                     inspirations=tuple(self.candidate(v) for v in best[:k]), island=island,
+        files = self.store.read_files(self.variants[parent])
+        settings = files.get(self.settings_file)
+        facts = task_facts(self.spec, read_meta(self.context["data_dir"]),
+                           settings.decode("utf-8", "replace") if settings is not None else None,
+                           self.results.get(parent))
+        return Brief(parent=self.candidate(parent), parent_files=files,
+                     inspirations=tuple(self.candidate(v) for v in best[:k]), island=island, facts=facts,
+                     siblings=tuple(self.child_failures.get(parent, [])[-SIBLINGS_SHOWN:]),
                      model=self.llm_arms[arm] if arm else None, arm=arm)
 
     def candidate(self, vid: str) -> Candidate:
@@ -461,7 +473,13 @@ class EvolveSearcher(Searcher):
         curve, fitness = row["curve"], row["fitness"]
         self.results[vid] = {"status": row["status"], "fitness": fitness, "curve": curve,
                              "metrics": row["metrics"], "tokens_per_s": _finite(row.get("tokens_per_s")),
-                             "mfu": _finite(row.get("mfu")), "trial_seconds": _finite(row.get("trial_seconds"))}
+                             "mfu": _finite(row.get("mfu")), "trial_seconds": _finite(row.get("trial_seconds")),
+                             "failure_reason": row.get("failure_reason"),
+                             "n_params": _count_of(row.get("n_params")),  # absent from rows older than it
+                             "optimizer_steps": _count_of(row.get("optimizer_steps"))}
+        failed = self._failed_child(vid)
+        if failed is not None:
+            self.child_failures.setdefault(self.variants[vid].parents[0], []).append(failed)
         if self.bandit is not None:
             self._bandit_reward(vid, row)
         score = pop.score(fitness, self.spec.objective.mode)
@@ -631,6 +649,7 @@ class EvolveSearcher(Searcher):
                     studies.tell_number(t, number, None, "failed")
             t.asked -= len(lost)
             self._finish_if_done(cv, t)
+
     # -- the bandit: which operator writes the next child (evolve.search.bandit) ---------------
     def _bandit_child(self):
         """The next child by the arm the bandit draws; None when none came, DONE when the LLM budget ended the search.
@@ -686,6 +705,23 @@ class EvolveSearcher(Searcher):
     def _save_bandit(self) -> None:
         data = {**self.bandit.to_dict(), "updated_at": time.time()}
         atomic_write(Path(self.store.root) / BANDIT_FILE, json.dumps(data, indent=1, sort_keys=True).encode())
+
+    def _failed_child(self, vid: str) -> dict | None:
+        """A recorded child that failed or was stopped, as a brief shows it (None otherwise, or the seed)."""
+        r, v = self.results.get(vid), self.variants.get(vid)
+        if r is None or v is None or not v.parents or r["status"] not in ("failed", "stopped"):
+            return None
+        return {"variant_id": vid, "status": r["status"], "reason": (r.get("failure_reason") or "")[:400],
+                "change": (v.record.get("rationale") or v.operator)[:300]}
+
+    def _failed_children(self) -> dict[str, list[dict]]:
+        """Every parent's children that failed or were stopped, from the results (a state saved before them)."""
+        out: dict[str, list[dict]] = {}
+        for vid in self.results:
+            failed = self._failed_child(vid)
+            if failed is not None:
+                out.setdefault(self.variants[vid].parents[0], []).append(failed)
+        return out
 
     def _migrate_if_due(self) -> None:
         if self.n_recorded % self.spec.selection.migrate_every:
@@ -759,6 +795,7 @@ def result_row(v: Variant, trial_id: str, outcome: TrialOutcome) -> dict:
         "tokens_per_s": _times(summary.get("tokens_per_s"), summary.get("world_size")),
         "mfu": summary.get("mfu"), "gpu_hours": outcome.gpu_hours,
         "inherited_from": outcome.inherited_from or None, "tokens_inherited": outcome.tokens_inherited or None,
+        "n_params": _count_of(summary.get("n_params")), "optimizer_steps": _count_of(summary.get("optimizer_steps")),
     }
 
 
@@ -782,6 +819,11 @@ def _finite(x) -> float | None:
         return float(x) if x is not None and math.isfinite(float(x)) else None
     except (TypeError, ValueError):
         return None
+
+
+def _count_of(x) -> int | None:
+    """Returns `x` if it is a count (an int, 0 or more), else None (missing, or not one)."""
+    return x if isinstance(x, int) and not isinstance(x, bool) and x >= 0 else None
 
 
 def _times(rate, world) -> float | None:
