@@ -1,4 +1,4 @@
-"""The `evolve` command: run, resume, status, show, checkout, review, approve, export-git, report."""
+"""The `evolve` command: init, check, run, resume, status, show, checkout, review, approve, export-git, report."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from evolve import cliargs
 from evolve.record import mirror
 from evolve.spec import SpecError, load_run_spec, load_spec
 
@@ -230,6 +231,37 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_init(args) -> int:
+    from evolve.create import CreateError, ask_and_write, write_empty_experiment, write_text_experiment
+
+    target = Path(args.dir)
+    if args.text and args.empty:
+        raise CreateError("init: --text and --empty exclude each other; choose one")
+    if args.text:
+        written = write_text_experiment(target, Path(args.text))
+    elif args.empty:
+        written = write_empty_experiment(target)
+    elif sys.stdin.isatty():
+        written = ask_and_write(target)
+    else:
+        raise CreateError("init: no terminal to ask on; say --text FILE (an LM on your text) or --empty")
+    print(f"wrote {target}: {', '.join(written)}")
+    print(f"next: evolve check {shlex.quote(str(target))}, then evolve run {shlex.quote(str(target))}")
+    return 0
+
+
+def cmd_check(args) -> int:
+    from evolve.check import check_experiment
+
+    problems = check_experiment(args.experiment, args.overrides)
+    for p in problems:
+        print(f"evolve: error: {p}", file=sys.stderr)
+    if problems:
+        return EXIT_BAD_INPUT
+    print(f"evolve check: {args.experiment} is ready to run")
+    return 0
+
+
 def _existing_run(path: str) -> str:
 
     if mirror.is_uri(path):
@@ -283,7 +315,16 @@ def parser() -> argparse.ArgumentParser:
     rp.add_argument("run_dir", type=_existing_run)
     rp.add_argument("-o", "--out", help="the HTML file to write (default RUN/report.html)")
     rp.set_defaults(func=cmd_report)
-    return p
+    i = sub.add_parser("init", help="write a new experiment folder (asks on a terminal, or from flags)")
+    i.add_argument("dir", help="a new (or empty) folder for the experiment")
+    i.add_argument("--text", metavar="FILE", help="a byte-level LM experiment on this UTF-8 text file")
+    i.add_argument("--empty", action="store_true", help="an experiment whose every hook says what it must return")
+    i.set_defaults(func=cmd_init)
+    ck = sub.add_parser("check", help="validate an experiment folder: spec, harness, a smoke run, the evaluation")
+    ck.add_argument("experiment", help="experiment folder (holding experiment.yaml) or the YAML file")
+    ck.add_argument("overrides", nargs="*", help="key=value spec overrides, as for run")
+    ck.set_defaults(func=cmd_check)
+    return cliargs.add_examples(p)
 
 
 def _in_storage(args) -> int:
@@ -300,7 +341,7 @@ def _in_storage(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # local Ray on loopback
-    args = parser().parse_args(argv)
+    args = cliargs.parse(parser(), sys.argv[1:] if argv is None else list(argv))
     try:
         return _in_storage(args)
     except (SpecError, KeyError, FileNotFoundError) as e:
