@@ -189,7 +189,6 @@ def _run_seed(spec, run_dir: Path, context: dict, name: str, **fields) -> dict:
 
 
 def _seed_checks(spec, run_dir: Path, context: dict, log) -> list[str]:
-    from evolve.trial.train import evaluate
     from evolve.warm import zygote
 
     steps = spec.operator.smoke_steps or 2
@@ -204,8 +203,9 @@ def _seed_checks(spec, run_dir: Path, context: dict, log) -> list[str]:
     log(f"ok   smoke run of the seed: {smoke['optimizer_steps']} optimizer steps, {n_params:,} parameters")
     problems = []
     cap = task_limit(spec.task, "param_cap")
-    if (p := cap_problem(n_params, cap)) is not None:
-        problems.append(p)
+    over_cap = cap_problem(n_params, cap)
+    if over_cap is not None:
+        problems.append(over_cap)
     else:
         log(f"ok   task.param_cap: {n_params:,} parameters of {cap:,}")
     if spec.trainer == "lm":
@@ -219,12 +219,20 @@ def _seed_checks(spec, run_dir: Path, context: dict, log) -> list[str]:
     else:
         log(f"--   budget.train_tokens: steps not counted for trainer {spec.trainer} (the smoke run trained "
             f"within it)")
-    if problems:  # over the cap the evaluation refuses the weights: nothing more to learn
+    if over_cap is not None:  # the evaluation refuses weights over the cap: nothing more to learn
         return problems
-    try:  # a short run that saves its weights, then the sealed evaluation on them
-        short = _run_seed(spec, run_dir, context, "trained", train_tokens=int(smoke["tokens_trained"]))
+    return problems + _evaluation_problems(spec, run_dir, context, int(smoke["tokens_trained"]), log)
+
+
+def _evaluation_problems(spec, run_dir: Path, context: dict, tokens: int, log) -> list[str]:
+    """Trains the seed for `tokens` (its weights saved) and runs the sealed evaluation on them, as a trial does."""
+    from evolve.trial.train import evaluate
+    from evolve.warm import zygote
+
+    try:
+        short = _run_seed(spec, run_dir, context, "trained", train_tokens=tokens)
     except zygote.ChildFailed as e:
-        return [f"short run of the seed ({smoke['tokens_trained']:,} tokens, weights saved): {e}"]
+        return [f"short run of the seed ({tokens:,} tokens, weights saved): {e}"]
     config = short["config"]
     metrics, error = evaluate(Path(config.out_dir), config)
     if error is not None:
