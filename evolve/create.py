@@ -8,6 +8,7 @@ flag, it asks. Every refusal is one line (`CreateError`); nothing is written unt
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import shutil
@@ -64,11 +65,12 @@ def text_spec(template_yaml: str, corpus: Path, folder: str) -> str:
               f"# Made by `evolve init --text` from experiments/tiny_lm. Check it, then run it:\n"
               f"#         evolve check {folder}\n#         evolve run {folder} budget.trials=4\n")
     body = "\n".join(line for line in template_yaml.splitlines() if not line.startswith("#")) + "\n"
-    quoted = yaml.safe_dump(str(corpus), default_style='"').strip()
-    body, n = re.subn(r"^  corpus: null\b.*$", lambda _: f"  corpus: {quoted}   # the UTF-8 text file the splits are cut from",
+    quoted, label = json.dumps(str(corpus)), json.dumps(corpus.name)  # a JSON string is a YAML one, on one line
+    body, n = re.subn(r"^  corpus: null\b.*$",
+                      lambda _: f"  corpus: {quoted}   # the UTF-8 text file the splits are cut from",
                       body, count=1, flags=re.M)
-    label = yaml.safe_dump(corpus.name, default_style='"').strip()
-    body, m = re.subn(r"^  corpus_name: .*$", lambda _: f"  corpus_name: {label}   # how the agent's prompts name the corpus",
+    body, m = re.subn(r"^  corpus_name: .*$",
+                      lambda _: f"  corpus_name: {label}   # how the agent's prompts name the corpus",
                       body, count=1, flags=re.M)
     if n != 1 or m != 1:
         raise CreateError("init: the tiny_lm template's experiment.yaml has no task.corpus or task.corpus_name line")
