@@ -47,17 +47,25 @@ def write_run(root, n: int, seed: int = 0):
 
     Returns the root and the map from the synthetic names (v0000...) to the store's variant ids.
     """
-    from evolve.record.store import Store
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from evolve.record.store import COMPACTED, RESULT_SCHEMA, Store
     from evolve.variant import Variant
 
     store = Store(root)
     (root / "spec.yaml").write_text("objective: {metric: heldout_loss, mode: min}\ntrial: {workers: 2}\n")
-    made = {}
+    made, results = {}, []
     for r in rows(n, seed):
         v = Variant(files=store.put_files({"config.yaml": f"name: {r['variant_id']}\nlr: {len(made)}\n".encode()}),
                     parents=tuple(made[p] for p in r["parent_ids"]), operator=r["operator"], record=r["record"])
         store.put_variant(v)
         made[r["variant_id"]] = v.id
-        store.append_result({**r, "variant_id": v.id, "parent_ids": list(v.parents), "metrics": {}})
-    store.compact(at=1)
+        results.append({**{k: r.get(k) for k in RESULT_SCHEMA.names}, "variant_id": v.id,
+                        "parent_ids": list(v.parents), "metrics": "{}", "record": json.dumps(r["record"]),
+                        "curve": json.dumps(r["curve"]), "finished_at": 1.0e9 + len(results)})
+    # the rows as one part, as a compaction leaves them (one part a row would take seconds to write)
+    pq.write_table(pa.Table.from_pylist(results, schema=RESULT_SCHEMA), store.population / COMPACTED)
     return root, made

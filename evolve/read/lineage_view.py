@@ -113,11 +113,15 @@ def choose(pop: pd.DataFrame, mode: str = "min", max_shown: int = MAX_SHOWN, top
         count += len(new)
         return True
 
-    top = []
+    top, on_path = [], set(path)
     for i in _ranked(pop, mode):
-        if len(top) == top_k or count >= max_shown:
+        if len(top) == top_k:
             break
-        if ids[i] in path or add_path(int(i)):
+        if ids[i] in on_path:  # the champion, or an ancestor of it that ranks high
+            top.append(ids[i])
+        elif count >= max_shown:
+            break
+        elif add_path(int(i)):
             top.append(ids[i])
     tries = 20 * max_shown  # a long search's deep paths rarely fit: give up rather than walk them all
     for i in np.random.default_rng(seed).permutation(n):

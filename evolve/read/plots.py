@@ -38,13 +38,19 @@ def _axes(ax, size=(6.0, 4.0)):
     return fig, fig.add_subplot()
 
 
+def _mode(pop) -> str:
+    """A Population's objective mode; "min" for a bare table (whose `mode` is DataFrame.mode, a method)."""
+    mode = getattr(pop, "mode", "min")
+    return mode if isinstance(mode, str) else "min"
+
+
 def _metric(pop) -> str:
-    return f"fitness ({'lower' if getattr(pop, 'mode', 'min') == 'min' else 'higher'} is better)"
+    return f"fitness ({'lower' if _mode(pop) == 'min' else 'higher'} is better)"
 
 
 def best_so_far_table(pop: pd.DataFrame, workers: int = 1) -> pd.DataFrame:
     """In the order results were recorded: cumulative trials, worker-hours, LLM tokens and the best fitness so far."""
-    mode = getattr(pop, "mode", "min")
+    mode = _mode(pop)
     order = pop.sort_values("finished_at", kind="stable") if "finished_at" in pop else pop
     c = lineage.costs(order, workers)
     fit = pd.to_numeric(c["fitness"], errors="coerce").to_numpy(dtype=float)
@@ -105,11 +111,12 @@ def lineage_tree(pop: pd.DataFrame, ax=None, highlight: str = "best", max_shown:
     and a sample of the rest (`evolve.read.lineage_view.choose`), the legend
     counting what was left out.
     """
-    mode = getattr(pop, "mode", "min")
-    chain = pop.lineage(highlight) if hasattr(pop, "lineage") and len(pop) else []
+    mode = _mode(pop)
     ids = set(pop["variant_id"])
-    chain = [v for v in chain if v in ids]
+    # a Population names its champion (its lineage may pass through variants still training); a bare table: the best
+    chain = [v for v in pop.lineage(highlight) if v in ids] if hasattr(pop, "lineage") and len(pop) else None
     view = lineage_view.choose(pop, mode, max_shown, top_k, champion=chain[-1] if chain else None)
+    chain = view.champion_path if chain is None else chain
     scaled = view.hidden > 0 or len(pop) > 60
     fig, ax = _axes(ax, (10.0, 6.0) if scaled else (8.0, 5.0))
     sub = pop[pop["variant_id"].isin(set(view.shown))]
@@ -196,7 +203,7 @@ def learning_curves(pop: pd.DataFrame, ids=None, ax=None, loss: str = "dev_loss"
 def operator_rates(pop: pd.DataFrame, ax=None) -> Figure:
     """Per operator: the share of children that improved on their first parent, with the counts."""
     fig, ax = _axes(ax)
-    stats = lineage.operator_stats(pop, getattr(pop, "mode", "min"))
+    stats = lineage.operator_stats(pop, _mode(pop))
     bars = ax.bar(stats["operator"], stats["improve_rate"], color="tab:green")
     for bar, improved, n in zip(bars, stats["improved"], stats["children"]):
         ax.annotate(f"{int(improved)}/{int(n)}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
