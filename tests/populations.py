@@ -31,7 +31,8 @@ def rows(n: int, seed: int = 0, window: int = 40) -> list[dict]:
                     "tokens_trained": 8192, "final_dev_loss": fit,
                     "record": {"kind": op, "rationale": f"variant {i}", "prompt_tokens": tokens,
                                "completion_tokens": tokens // 8},
-                    "curve": [[t * 2048, (fit or 9.0) + 1.0 / t, (fit or 9.0) + 0.5 / t, t * 4, 1e-3]
+                    # tokens and steps as floats, as a curve written from float arithmetic holds them
+                    "curve": [[t * 2048.0, (fit or 9.0) + 1.0 / t, (fit or 9.0) + 0.5 / t, t * 4.0, 1e-3]
                               for t in range(1, 5)]})
         fits.append(fit if fit is not None else 99.0)
     return out

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.collections import LineCollection, PathCollection
 
 from evolve.read import lineage, lineage_view, plots
 from evolve.read.population import fmt, fmt_column, fmt_count
@@ -42,7 +43,8 @@ def test_report_tables_print_counts_as_integers_and_text_left(small_run):
     assert ('<tr><td class="">1</td><td class="">2</td><td class="">2</td><td class="">1</td>'
             '<td class="">0.5000</td><td class="">0.0500</td><td class="">2.8000</td></tr>') in gens
     ops = page[page.index("<h2>Operators"):page.index("<h2>Generations")]
-    assert '<td class="l">llm</td><td class="">2</td><td class="">1</td><td class="">1</td><td class="">0.5000</td>' in ops
+    assert ('<td class="l">llm</td><td class="">2</td><td class="">1</td><td class="">1</td>'
+            '<td class="">0.5000</td>') in ops
     assert "1.0000</td><td class=\"\">0.1000" in ops  # crossover's rate is a float: 1 of 1
     pareto = page[page.index("<h3>against LLM tokens"):]
     assert '<td class="">900</td>' in pareto and '900.0000' not in page
@@ -66,8 +68,8 @@ def test_a_population_that_fits_is_drawn_whole(n):
 
 def _dots(ax) -> int:
     """The variants drawn: the fitness dots and the failed crosses (not the champion's star or the rings)."""
-    return sum(len(c.get_offsets()) for c in ax.collections
-               if c.get_label() == "failed" or c.get_label().startswith("_"))
+    return sum(len(c.get_offsets()) for c in ax.collections if isinstance(c, PathCollection)
+               and (c.get_label() == "failed" or c.get_label().startswith("_")))
 
 
 def _closed(pop, shown):
@@ -132,6 +134,8 @@ def test_the_figure_at_500_variants_draws_the_view_and_says_what_it_left_out():
     fig = plots.lineage_tree(pop)
     ax = fig.axes[0]
     assert _dots(ax) == len(view.shown) == 120
+    solid = [c for c in ax.collections if isinstance(c, LineCollection) and c.get_linestyle()[0][1] is None]
+    assert len(solid) == 1 and len(solid[0].get_segments()) == 119  # each drawn variant to its first parent
     red = [ln for ln in ax.lines if ln.get_color() == "tab:red"][0]
     assert list(red.get_xdata()) == list(range(len(view.champion_path)))  # one generation a step
     texts = [t.get_text() for t in ax.get_legend().get_texts()]
@@ -141,3 +145,17 @@ def test_the_figure_at_500_variants_draws_the_view_and_says_what_it_left_out():
     named = [ln.get_label() for ln in curves.axes[0].lines if not ln.get_label().startswith("_")]
     assert named == [f"first: {view.champion_path[0][:8]}", f"last: {view.champion_path[-1][:8]}"]
     assert len(curves.axes) == 2  # the path's colour bar
+
+
+def test_show_and_status_print_tokens_and_steps_whole(tmp_path, capsys):
+    from evolve import cli
+    from evolve.read.status import status_lines
+    from tests.populations import write_run
+
+    root, made = write_run(tmp_path, 10)
+    assert cli.main(["show", str(root), made["v0005"]]) == 0
+    out = capsys.readouterr().out
+    assert "tokens 8,192" in out and "curve tokens     2,048  train" in out and "  step 4  lr 0.001" in out
+    assert "curve tokens     8,192" in out and "2048.0" not in out and "step 4.0" not in out
+    lines = status_lines(str(root))
+    assert "81,920 tokens trained" in lines[2] and lines[1] == "by status: completed 10"

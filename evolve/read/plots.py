@@ -20,6 +20,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.cm import ScalarMappable
+from matplotlib.collections import LineCollection
 from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -122,11 +123,14 @@ def lineage_tree(pop: pd.DataFrame, ax=None, highlight: str = "best", max_shown:
     sub = pop[pop["variant_id"].isin(set(view.shown))]
     lay = tree_layout(sub)
     where = {v: (g, y) for v, g, y in zip(lay["variant_id"], lay["generation"], lay["y"])}
+    edges = ([], [])  # to first parents (solid), to other parents (dotted): one collection each
     for v, ps in zip(sub["variant_id"].tolist(), sub["parent_ids"].tolist()):
         for k, p in enumerate(ps):
             if p in where:
-                (x0, y0), (x1, y1) = where[p], where[v]
-                ax.plot([x0, x1], [y0, y1], color="0.75", lw=0.6, ls="-" if k == 0 else ":", zorder=1)
+                edges[k > 0].append([where[p], where[v]])
+    for segments, style in zip(edges, ("-", ":")):
+        if segments:
+            ax.add_collection(LineCollection(segments, colors="0.75", linewidths=0.6, linestyles=style, zorder=1))
     pts = [where[v] for v in chain if v in where]
     if len(pts) > 1:
         ax.plot(*zip(*pts), color="tab:red", lw=2.0, zorder=2, label="seed to champion")
