@@ -166,7 +166,7 @@ def tuning_lines(pop, vid: str, record: dict) -> list[str]:
 
 
 def cmd_show(args) -> int:
-    from evolve.read.population import diff_against_parent, fmt, resolve
+    from evolve.read.population import diff_against_parent, fmt, fmt_count, resolve
     from evolve.read.status import population
     from evolve.record.store import Store
 
@@ -187,12 +187,13 @@ def cmd_show(args) -> int:
         print(f"status: {r['status']}" + (f"  reason: {reason}" if reason else ""))
         print(f"fitness: {fmt(r['fitness'])}  metrics: {json.dumps(r['metrics'], sort_keys=True)}")
         print(f"train {fmt(r['train_seconds'], 1)} s of {fmt(r['trial_seconds'], 1)} s; "
-              f"tokens {int(r['tokens_trained']) if r['tokens_trained'] == r['tokens_trained'] else '-'}")
+              f"tokens {fmt_count(r['tokens_trained'])}")
         curve = pop.curve(vid)
         step = max(1, -(-len(curve) // 8))  # at most about 8 points, the last always
         for p in curve[::-1][::step][::-1]:  # [tokens, train, dev] and, when recorded, step and lr
-            more = "".join(f"  {k} {v:{f}}" for k, v, f in zip(("step", "lr"), p[3:5], ("", ".3g")) if v is not None)
-            print(f"  curve tokens {p[0]:>9,}  train {p[1]:.4f}  dev {p[2]:.4f}{more}")
+            more = "".join(f"  {k} {fmt_count(v) if k == 'step' else format(v, '.3g')}"
+                           for k, v in zip(("step", "lr"), p[3:5]) if v is not None)
+            print(f"  curve tokens {fmt_count(p[0]):>9}  train {p[1]:.4f}  dev {p[2]:.4f}{more}")
     for line in tuning_lines(pop, vid, v.record):
         print(line)
     print(diff_against_parent(args.run_dir, vid) or "(no diff: the seed)")
