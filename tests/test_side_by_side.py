@@ -191,3 +191,40 @@ def test_two_searches_side_by_side_join_one_head_and_finish_apart(head, tmp_path
         path = zygote.socket_path(key)
         assert path.with_suffix(".log").is_file()  # it was started
         assert zygote.ping(path) is None  # and is gone
+
+
+def _readme_submit_line() -> list[str]:
+    """README's `ray job submit` line, as words, with the environment it sets in front."""
+    import shlex
+
+    lines = [ln for ln in (ROOT / "README.md").read_text().splitlines() if " ray job submit " in f" {ln} "]
+    assert len(lines) == 1, lines
+    return shlex.split(lines[0].split("#")[0])
+
+
+@pytest.mark.search
+def test_ray_job_submit_as_readme_says_keeps_the_run_where_launch_says(head, tmp_path):
+    work = tmp_path / "project"  # a small copy of the repository: the job's working folder
+    shutil.copytree(ROOT / "evolve", work / "evolve", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "experiments" / "tiny_lm", work / "experiments" / "tiny_lm",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "experiments" / "launch.py", work / "experiments" / "launch.py")
+    words = _readme_submit_line()
+    env_words = [w for w in words[:words.index("ray")] if "=" in w]
+    assert env_words == ["RAY_AUTH_MODE=token"]
+    cmd = [w.replace("http://HEAD:8265", head["dashboard"]) for w in words[len(env_words):]]
+    cmd = [str(VENV_BIN / "ray"), *cmd[1:], "budget.trials=1", *TINY[1:]]
+    env = {k: v for k, v in head["env"].items() if k != "RAY_TMPDIR"}  # a client: the token is all it needs
+    # without the token the head refuses: token authentication is on
+    refused = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "Missing authentication token" in refused.stdout + refused.stderr
+    out = subprocess.run(cmd, cwd=work, env={**env, **dict(w.split("=", 1) for w in env_words)},
+                         capture_output=True, text=True, timeout=900)
+    text = out.stdout + out.stderr
+    assert out.returncode == 0 and "succeeded" in text, text[-4000:]
+    where = head["home"] / "evolve-runs" / "tiny_lm"
+    assert f"launch: the run is kept in {where}\n" in text, text[-4000:]
+    assert f"ray: joined the cluster at {head['gcs']} (RAY_ADDRESS): 2 CPUs" in text, text[-4000:]
+    pop = _population(where)
+    assert len(pop) == 1 and (pop["status"] == "completed").all()
+    assert not list(Path(head["tmp"]).rglob("runs"))  # nothing kept in the job's working folder
