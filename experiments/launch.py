@@ -4,14 +4,16 @@ For the cluster launcher and Ray Jobs, which start a script rather than a
 command:
 
     ray submit cluster/aws.yaml experiments/launch.py -- experiments/tiny_lm --run-dir s3://BUCKET/runs/tiny_lm
-    ray job submit --working-dir . -- python experiments/launch.py experiments/tiny_lm budget.trials=32
+    RAY_AUTH_MODE=token ray job submit --working-dir . -- python experiments/launch.py experiments/tiny_lm budget.trials=32
     python experiments/launch.py --resume s3://BUCKET/runs/tiny_lm
 
 The arguments are `evolve run`'s (or `--resume RUN`, for `evolve resume`).
 The run is never kept in the job's working folder (Ray deletes that with
 its session): without `--run-dir` it goes to the spec's `storage`, else to
-~/evolve-runs/<name> on the head; a relative `--run-dir` or `--resume` is
-taken from the head's home. The first line says where. It joins the running cluster (RAY_ADDRESS, else `auto`) instead of starting
+~/evolve-runs/<name> on the head; a relative `--run-dir`, `storage` or
+`--resume` folder is taken from the head's home when the script runs in a
+job's working folder. The first line says where.
+It joins the running cluster (RAY_ADDRESS, else `auto`) instead of starting
 a local one, and finds the project beside it whether or not it is installed:
 `ray submit` copies only this file to the head node, next to the project
 that the cluster config's file_mounts put in ~/evolve.
@@ -31,11 +33,17 @@ def project_root() -> Path:
     raise SystemExit("launch: cannot find the evolve project (looked beside this script, in ~/evolve and here)")
 
 
+def in_job_folder(cwd: Path) -> bool:
+    """Whether `cwd` is a Ray job's working folder (unpacked under the session's runtime_resources/)."""
+    return "runtime_resources" in cwd.parts
+
+
 def durable(path: str) -> str:
-    """A run folder that outlives the job: a URI or an absolute path as given, a relative one under ~ (pure but for ~)."""
+    """A run folder that outlives the job: a URI or an absolute path as given; a relative one from here,
+    or from ~ when here is a Ray job's working folder."""
     if "://" in path or Path(path).is_absolute():
         return path
-    return str(Path.home() / path)
+    return str((Path.home() if in_job_folder(Path.cwd()) else Path.cwd()) / path)
 
 
 def with_run_dir(argv: list[str]) -> tuple[list[str], str | None]:

@@ -70,9 +70,16 @@ def test_launch_keeps_a_run_under_home_or_storage_never_in_the_jobs_folder(exper
     assert target == str(home / "evolve-runs" / "tiny_lm") and argv[-2:] == ["--run-dir", target]
     _, target = launch.with_run_dir([str(experiment), "storage=s3://bucket/runs"])
     assert target == "s3://bucket/runs/tiny_lm"
-    _, target = launch.with_run_dir([str(experiment), "storage=keep"])  # relative: under the head's home
+    monkeypatch.chdir(tmp_path)
+    _, target = launch.with_run_dir([str(experiment), "storage=keep"])  # relative, run by hand: from here
+    assert target == str(tmp_path / "keep" / "tiny_lm")
+    job = tmp_path / "ray" / "session_1" / "runtime_resources" / "working_dir_files" / "_ray_pkg_1"
+    job.mkdir(parents=True)
+    monkeypatch.chdir(job)
+    _, target = launch.with_run_dir([str(experiment), "storage=keep"])  # in a job's folder: under the home
     assert target == str(home / "keep" / "tiny_lm")
-    argv, target = launch.with_run_dir([str(experiment), "budget.trials=2", "--run-dir", "runs/x", "--peak-tflops", "9"])
+    argv, target = launch.with_run_dir([str(experiment), "budget.trials=2", "--run-dir", "runs/x",
+                                        "--peak-tflops", "9"])
     assert target == str(home / "runs" / "x")
     assert argv == [str(experiment), "budget.trials=2", "--peak-tflops", "9", "--run-dir", target]
     argv, target = launch.with_run_dir([str(experiment), "--run-dir=/abs/x"])
