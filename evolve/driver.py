@@ -116,19 +116,18 @@ def worker_env(spec: Spec) -> dict[str, str]:
     return env
 
 
-def init_ray(spec: Spec, num_cpus: int | None = None) -> None:
-    """Joins the cluster named by RAY_ADDRESS, else starts a local one on loopback."""
+def init_ray(spec: Spec, num_cpus: int | None = None, log=print) -> None:
+    """Joins the cluster named by RAY_ADDRESS or left running by `ray start`, else starts a local one on
+    loopback (`evolve.raycluster`); prints which in one line."""
     import ray
+
+    from evolve.raycluster import join_or_start
 
     if ray.is_initialized():
         return
-    kwargs = {"runtime_env": {"env_vars": worker_env(spec)}, "include_dashboard": False,
-              "log_to_driver": os.environ.get("EVOLVE_RAY_LOGS", "0") == "1"}
     address = os.environ.get("RAY_ADDRESS")
-    if not address and num_cpus:
-        kwargs["num_cpus"] = num_cpus
     try:
-        ray.init(**kwargs)
+        join_or_start(worker_env(spec), num_cpus, log)
     except ConnectionError as e:
         raise SpecError(f"ray: cannot join the cluster at RAY_ADDRESS={address!r} "
                         f"({' '.join(str(e).split())[:160]}); start one (ray start --head, ray up) "
