@@ -116,8 +116,8 @@ def worker_env(spec: Spec) -> dict[str, str]:
     return env
 
 
-def init_ray(spec: Spec, num_cpus: int | None = None, verbose: int = 0) -> None:
-    """Joins the cluster named by RAY_ADDRESS, else starts a local one on loopback.
+def init_ray(spec: Spec, num_cpus: int | None = None, verbose: int = 0, log=print) -> None:
+    """Joins the cluster named by RAY_ADDRESS (and says which, in one line), else starts a local one on loopback.
 
     With `verbose` 0 Ray's start-up notices (INFO lines, the token-authentication
     notice) are not printed; its warnings and errors still are."""
@@ -146,6 +146,8 @@ def init_ray(spec: Spec, num_cpus: int | None = None, verbose: int = 0) -> None:
                         f"or unset RAY_ADDRESS for a local one") from None
     finally:
         notice.setLevel(level)
+    if address:
+        log(f"evolve: joined the Ray cluster at {ray.get_runtime_context().gcs_address}")
 
 
 def search_key(run_dir: Path) -> str:
@@ -237,7 +239,7 @@ def run_search(spec: Spec, run_dir: str | os.PathLike, log=print, verbose: int =
     log(f"evolve: {spec.name}: {spec.budget.trials} trials, {spec.budget.concurrent} at once, "
         f"{spec.budget.train_tokens:,} tokens each ({split_tokens(meta):,} in the training split); "
         f"run kept in {run_dir}")
-    init_ray(spec, num_cpus=os.cpu_count(), verbose=verbose)
+    init_ray(spec, num_cpus=os.cpu_count(), verbose=verbose, log=log)
     display = None if verbose else Display()
     log = display.wrap(log) if display else log
     # The searcher comes after Ray (its smoke runs are Ray tasks) and before
@@ -287,7 +289,7 @@ def resume_search(run_dir: str | os.PathLike, log=print, verbose: int = 0) -> No
         log(f"evolve: resume: removed {name}, a write the interrupted driver never finished")
     n = sum(1 for _ in (run_dir / "population").glob("*.parquet"))
     log(f"evolve: resuming {spec.name} in {run_dir}: {n} of {spec.budget.trials} variants recorded")
-    init_ray(spec, num_cpus=os.cpu_count(), verbose=verbose)
+    init_ray(spec, num_cpus=os.cpu_count(), verbose=verbose, log=log)
     _show_restored(tuner, spec, log, verbose)
     _fit(spec, context, lambda: tuner, log, verbose)
 

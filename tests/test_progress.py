@@ -100,10 +100,10 @@ SMALL = ["budget.trials=4", "budget.concurrent=2", "budget.train_tokens=8192", "
          "confirm.top=1", "confirm.seeds=2"]
 
 
-def evolve_run(experiment, run_dir, *more):
+def evolve_run(experiment, run_dir, overrides=(), flags=()):
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONPATH": str(Path(__file__).parents[1])}
-    return subprocess.run([sys.executable, "-m", "evolve.cli", "run", str(experiment), *SMALL,
-                           "--run-dir", str(run_dir), *more], env=env, capture_output=True, text=True, timeout=900)
+    return subprocess.run([sys.executable, "-m", "evolve.cli", "run", str(experiment), *SMALL, *overrides,
+                           "--run-dir", str(run_dir), *flags], env=env, capture_output=True, text=True, timeout=900)
 
 
 @pytest.mark.search
@@ -127,7 +127,7 @@ def test_a_small_search_prints_a_few_plain_lines_per_variant(experiment, tmp_pat
 
 @pytest.mark.search
 def test_verbose_brings_tunes_tables_back(experiment, tmp_path):
-    out = evolve_run(experiment, tmp_path / "run", "confirm.top=0", "budget.trials=2", "--verbose")
+    out = evolve_run(experiment, tmp_path / "run", ["confirm.top=0", "budget.trials=2"], ["--verbose"])
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "Trial status:" in out.stdout and "Number of trials" in out.stdout, out.stdout[-3000:]
     assert len(re.findall(r"^\[ +\d/2\] ", out.stdout, re.M)) == 2  # evolve's own lines as well
