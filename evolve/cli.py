@@ -39,7 +39,7 @@ def cmd_run(args) -> int:
     args.resumable = target if mirror.is_uri(target) else str(Path(target).resolve())
     with mirror.session(target, fresh=True) as local:
         run_dir = str(Path(local).resolve())
-        run_search(spec, run_dir)
+        run_search(spec, run_dir, verbose=args.verbose)
         return _finish(run_dir, spec.budget.trials)
 
 
@@ -49,7 +49,7 @@ def cmd_resume(args) -> int:
     args.resumable = args.run_dir if mirror.is_uri(args.run_dir) else str(Path(args.run_dir).resolve())
     with mirror.session(args.run_dir) as local:
         run_dir = str(Path(local).resolve())
-        resume_search(run_dir)
+        resume_search(run_dir, verbose=args.verbose)
         return _finish(run_dir, load_run_spec(run_dir).budget.trials)
 
 
@@ -282,9 +282,12 @@ def parser() -> argparse.ArgumentParser:
                                      "(default <storage>/<name> with storage=..., else runs/<name>)")
     r.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak for MFU "
                                                      "(default: looked up by the GPU's name)")
+    r.add_argument("--verbose", action="count", default=0, help="Ray Tune's status tables and its start-up "
+                                                                 "messages instead of the progress line (twice: each trial's results too)")
     r.set_defaults(func=cmd_run)
     rs = sub.add_parser("resume", help="continue an interrupted search from its run folder")
     rs.add_argument("run_dir", help="the run folder of the search")
+    rs.add_argument("--verbose", action="count", default=0, help="as with run")
     rs.set_defaults(func=cmd_resume)
     s = sub.add_parser("status", help="population so far: best, counts, cost")
     s.add_argument("run_dir", type=_existing_run)

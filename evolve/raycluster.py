@@ -19,6 +19,7 @@ The functions that decide and describe (`choose`, `cluster_line`) are pure.
 
 from __future__ import annotations
 
+import logging
 import os
 
 JOIN_ENV, JOIN_LOCAL, START = "RAY_ADDRESS", "ray start", "local"
@@ -57,7 +58,7 @@ def _running() -> set[str]:
     return set(services.find_gcs_addresses())
 
 
-def join_or_start(env_vars: dict, num_cpus: int | None = None, log=print) -> str:
+def join_or_start(env_vars: dict, num_cpus: int | None = None, log=print, logging_level: int = logging.INFO) -> str:
     """Connects this process to Ray as the module says; prints the cluster line and returns it.
 
     Raises ConnectionError from Ray when RAY_ADDRESS names no cluster.
@@ -68,7 +69,7 @@ def join_or_start(env_vars: dict, num_cpus: int | None = None, log=print) -> str
     running = _running()
     how, address = choose(os.environ.get("RAY_ADDRESS"), services.find_bootstrap_address(None), running)
     kwargs = {"runtime_env": {"env_vars": env_vars}, "include_dashboard": False,
-              "log_to_driver": os.environ.get("EVOLVE_RAY_LOGS", "0") == "1"}
+              "log_to_driver": os.environ.get("EVOLVE_RAY_LOGS", "0") == "1", "logging_level": logging_level}
     if how == START:
         # "local": a new instance even if a stale ray_current_cluster names a dead one
         ray.init(address="local", num_cpus=num_cpus or None, **kwargs)
