@@ -13,3 +13,11 @@ ldconfig -p 2>/dev/null | grep 'libseccomp\.so\.2' >/dev/null \
 # DeepSpeed compiles its CPU communication op on first use (about a minute
 # on 2 cores); build it now so no trial pays for it.
 DS_ACCELERATOR=cpu .venv/bin/python -m evolve.warm.commop
+# the report's browser test screenshots the page with Debian's chromium (nothing downloads a browser at run time)
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "setup.sh: chromium is missing: install it as root (apt-get install chromium) for tests/test_report_browser.py"
+  fi
+fi

@@ -1,4 +1,4 @@
-"""The `evolve` command: run, resume, status, show, checkout, review, approve, export-git, report."""
+"""The `evolve` command: init, check, run, resume, status, show, checkout, review, approve, export-git, report."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from evolve import cliargs
 from evolve.record import mirror
 from evolve.spec import SpecError, load_run_spec, load_spec
 
@@ -38,7 +39,7 @@ def cmd_run(args) -> int:
     args.resumable = target if mirror.is_uri(target) else str(Path(target).resolve())
     with mirror.session(target, fresh=True) as local:
         run_dir = str(Path(local).resolve())
-        run_search(spec, run_dir)
+        run_search(spec, run_dir, verbose=args.verbose)
         return _finish(run_dir, spec.budget.trials)
 
 
@@ -48,7 +49,7 @@ def cmd_resume(args) -> int:
     args.resumable = args.run_dir if mirror.is_uri(args.run_dir) else str(Path(args.run_dir).resolve())
     with mirror.session(args.run_dir) as local:
         run_dir = str(Path(local).resolve())
-        resume_search(run_dir)
+        resume_search(run_dir, verbose=args.verbose)
         return _finish(run_dir, load_run_spec(run_dir).budget.trials)
 
 
@@ -165,7 +166,7 @@ def tuning_lines(pop, vid: str, record: dict) -> list[str]:
 
 
 def cmd_show(args) -> int:
-    from evolve.read.population import diff_against_parent, fmt, resolve
+    from evolve.read.population import diff_against_parent, fmt, fmt_count, resolve
     from evolve.read.status import population
     from evolve.record.store import Store
 
@@ -186,12 +187,13 @@ def cmd_show(args) -> int:
         print(f"status: {r['status']}" + (f"  reason: {reason}" if reason else ""))
         print(f"fitness: {fmt(r['fitness'])}  metrics: {json.dumps(r['metrics'], sort_keys=True)}")
         print(f"train {fmt(r['train_seconds'], 1)} s of {fmt(r['trial_seconds'], 1)} s; "
-              f"tokens {int(r['tokens_trained']) if r['tokens_trained'] == r['tokens_trained'] else '-'}")
+              f"tokens {fmt_count(r['tokens_trained'])}")
         curve = pop.curve(vid)
         step = max(1, -(-len(curve) // 8))  # at most about 8 points, the last always
         for p in curve[::-1][::step][::-1]:  # [tokens, train, dev] and, when recorded, step and lr
-            more = "".join(f"  {k} {v:{f}}" for k, v, f in zip(("step", "lr"), p[3:5], ("", ".3g")) if v is not None)
-            print(f"  curve tokens {p[0]:>9,}  train {p[1]:.4f}  dev {p[2]:.4f}{more}")
+            more = "".join(f"  {k} {fmt_count(v) if k == 'step' else format(v, '.3g')}"
+                           for k, v in zip(("step", "lr"), p[3:5]) if v is not None)
+            print(f"  curve tokens {fmt_count(p[0]):>9}  train {p[1]:.4f}  dev {p[2]:.4f}{more}")
     for line in tuning_lines(pop, vid, v.record):
         print(line)
     print(diff_against_parent(args.run_dir, vid) or "(no diff: the seed)")
@@ -230,6 +232,37 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_init(args) -> int:
+    from evolve.create import CreateError, ask_and_write, write_empty_experiment, write_text_experiment
+
+    target = Path(args.dir)
+    if args.text and args.empty:
+        raise CreateError("init: --text and --empty exclude each other; choose one")
+    if args.text:
+        written = write_text_experiment(target, Path(args.text))
+    elif args.empty:
+        written = write_empty_experiment(target)
+    elif sys.stdin.isatty():
+        written = ask_and_write(target)
+    else:
+        raise CreateError("init: no terminal to ask on; say --text FILE (an LM on your text) or --empty")
+    print(f"wrote {target}: {', '.join(written)}")
+    print(f"next: evolve check {shlex.quote(str(target))}, then evolve run {shlex.quote(str(target))}")
+    return 0
+
+
+def cmd_check(args) -> int:
+    from evolve.check import check_experiment
+
+    problems = check_experiment(args.experiment, args.overrides)
+    for p in problems:
+        print(f"evolve: error: {p}", file=sys.stderr)
+    if problems:
+        return EXIT_BAD_INPUT
+    print(f"evolve check: {args.experiment} is ready to run")
+    return 0
+
+
 def _existing_run(path: str) -> str:
 
     if mirror.is_uri(path):
@@ -249,9 +282,12 @@ def parser() -> argparse.ArgumentParser:
                                      "(default <storage>/<name> with storage=..., else runs/<name>)")
     r.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak for MFU "
                                                      "(default: looked up by the GPU's name)")
+    r.add_argument("--verbose", action="count", default=0, help="Ray Tune's status tables and its start-up "
+                                                                 "messages instead of the progress line (twice: each trial's results too)")
     r.set_defaults(func=cmd_run)
     rs = sub.add_parser("resume", help="continue an interrupted search from its run folder")
     rs.add_argument("run_dir", help="the run folder of the search")
+    rs.add_argument("--verbose", action="count", default=0, help="as with run")
     rs.set_defaults(func=cmd_resume)
     s = sub.add_parser("status", help="population so far: best, counts, cost")
     s.add_argument("run_dir", type=_existing_run)
@@ -283,7 +319,16 @@ def parser() -> argparse.ArgumentParser:
     rp.add_argument("run_dir", type=_existing_run)
     rp.add_argument("-o", "--out", help="the HTML file to write (default RUN/report.html)")
     rp.set_defaults(func=cmd_report)
-    return p
+    i = sub.add_parser("init", help="write a new experiment folder (asks on a terminal, or from flags)")
+    i.add_argument("dir", help="a new (or empty) folder for the experiment")
+    i.add_argument("--text", metavar="FILE", help="a byte-level LM experiment on this UTF-8 text file")
+    i.add_argument("--empty", action="store_true", help="an experiment whose every hook says what it must return")
+    i.set_defaults(func=cmd_init)
+    ck = sub.add_parser("check", help="validate an experiment folder: spec, harness, a smoke run, the evaluation")
+    ck.add_argument("experiment", help="experiment folder (holding experiment.yaml) or the YAML file")
+    ck.add_argument("overrides", nargs="*", help="key=value spec overrides, as for run")
+    ck.set_defaults(func=cmd_check)
+    return cliargs.add_examples(p)
 
 
 def _in_storage(args) -> int:
@@ -300,7 +345,7 @@ def _in_storage(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # local Ray on loopback
-    args = parser().parse_args(argv)
+    args = cliargs.parse(parser(), sys.argv[1:] if argv is None else list(argv))
     try:
         return _in_storage(args)
     except (SpecError, KeyError, FileNotFoundError) as e:

@@ -116,23 +116,34 @@ def worker_env(spec: Spec) -> dict[str, str]:
     return env
 
 
-def init_ray(spec: Spec, num_cpus: int | None = None) -> None:
-    """Joins the cluster named by RAY_ADDRESS, else starts a local one on loopback."""
+def init_ray(spec: Spec, num_cpus: int | None = None, verbose: int = 0, log=print) -> None:
+    """Joins the cluster named by RAY_ADDRESS or left running by `ray start`, else starts a local one on
+    loopback (`evolve.raycluster`); prints which in one line.
+
+    With `verbose` 0 Ray's start-up notices (INFO lines, the token-authentication
+    notice) are not printed; its warnings and errors still are."""
+    import logging
+
     import ray
+
+    from evolve.raycluster import join_or_start
 
     if ray.is_initialized():
         return
-    kwargs = {"runtime_env": {"env_vars": worker_env(spec)}, "include_dashboard": False,
-              "log_to_driver": os.environ.get("EVOLVE_RAY_LOGS", "0") == "1"}
     address = os.environ.get("RAY_ADDRESS")
-    if not address and num_cpus:
-        kwargs["num_cpus"] = num_cpus
+    # Ray warns on every start that it turned on token authentication, its default: a notice, not a warning
+    notice = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    level = notice.level
+    if not verbose:
+        notice.setLevel(logging.ERROR)
     try:
-        ray.init(**kwargs)
+        join_or_start(worker_env(spec), num_cpus, log, logging_level=logging.INFO if verbose else logging.WARNING)
     except ConnectionError as e:
         raise SpecError(f"ray: cannot join the cluster at RAY_ADDRESS={address!r} "
                         f"({' '.join(str(e).split())[:160]}); start one (ray start --head, ray up) "
                         f"or unset RAY_ADDRESS for a local one") from None
+    finally:
+        notice.setLevel(level)
 
 
 def search_key(run_dir: Path) -> str:
@@ -203,13 +214,16 @@ def hold_api_keys(spec: Spec) -> None:
     hold_keys(m["api_key_env"] for m in model_entries(spec.operator))
 
 
-def run_search(spec: Spec, run_dir: str | os.PathLike, log=print, verbose: int = 1):
+def run_search(spec: Spec, run_dir: str | os.PathLike, log=print, verbose: int = 0):
     """Runs the search; returns the searcher with its population.
 
-    `verbose` is Ray Tune's (0 silent, 1 status tables); `log` takes
-    evolve's own lines.
+    `log` takes evolve's own lines. `verbose` 0 shows one progress line
+    (`evolve.search.display`) and Tune prints nothing of its own; 1 and 2 are
+    Ray Tune's verbosity (status tables, each trial's config and results).
     """
     from ray import tune
+
+    from evolve.search.display import Display, ProgressCallback
 
     run_dir = Path(run_dir).resolve()
     hold_api_keys(spec)  # before Ray and the zygote start: they never inherit a key
@@ -221,10 +235,13 @@ def run_search(spec: Spec, run_dir: str | os.PathLike, log=print, verbose: int =
     log(f"evolve: {spec.name}: {spec.budget.trials} trials, {spec.budget.concurrent} at once, "
         f"{spec.budget.train_tokens:,} tokens each ({split_tokens(meta):,} in the training split); "
         f"run kept in {run_dir}")
-    init_ray(spec, num_cpus=os.cpu_count())
+    init_ray(spec, num_cpus=os.cpu_count(), verbose=verbose, log=log)
+    display = None if verbose else Display()
+    log = display.wrap(log) if display else log
     # The searcher comes after Ray (its smoke runs are Ray tasks) and before
     # the zygote: an LLM operator starts writing while the zygote warms up.
     searcher = EvolveSearcher(spec, store, context, scaffold_files(spec), log=log)
+    callbacks = [ProgressCallback(searcher, spec.budget.concurrent, display)] if display else None
 
     def make_tuner():
         return tune.Tuner(
@@ -233,11 +250,11 @@ def run_search(spec: Spec, run_dir: str | os.PathLike, log=print, verbose: int =
                                         max_concurrent_trials=spec.budget.concurrent, reuse_actors=True,
                                         scheduler=make_scheduler(spec)),
             run_config=tune.RunConfig(name="tune", storage_path=str(run_dir), verbose=verbose,
-                                      failure_config=tune.FailureConfig(max_failures=spec.trial.max_failures)),
+                                      callbacks=callbacks, failure_config=tune.FailureConfig(max_failures=spec.trial.max_failures)),
         )
 
     try:
-        _fit(spec, context, make_tuner, log)
+        _fit(spec, context, make_tuner, log, verbose)
     finally:
         searcher.close()
     if searcher.llm is not None:
@@ -245,7 +262,7 @@ def run_search(spec: Spec, run_dir: str | os.PathLike, log=print, verbose: int =
     return searcher
 
 
-def resume_search(run_dir: str | os.PathLike, log=print) -> None:
+def resume_search(run_dir: str | os.PathLike, log=print, verbose: int = 0) -> None:
     """Continues an interrupted search from its run folder.
 
     Ray Tune restores its experiment state and the searcher's (population,
@@ -253,7 +270,7 @@ def resume_search(run_dir: str | os.PathLike, log=print) -> None:
     in every result the store recorded after that snapshot. Trials that
     were running continue from their latest checkpoint, or start again
     without one; a trial whose variant the store already holds reports that
-    and ends without training.
+    and ends without training. `verbose` as in `run_search`.
     """
     run_dir = Path(run_dir).resolve()
     spec = load_run_spec(run_dir)
@@ -268,8 +285,29 @@ def resume_search(run_dir: str | os.PathLike, log=print) -> None:
         log(f"evolve: resume: removed {name}, a write the interrupted driver never finished")
     n = sum(1 for _ in (run_dir / "population").glob("*.parquet"))
     log(f"evolve: resuming {spec.name} in {run_dir}: {n} of {spec.budget.trials} variants recorded")
-    init_ray(spec, num_cpus=os.cpu_count())
-    _fit(spec, context, lambda: tuner, log)
+    init_ray(spec, num_cpus=os.cpu_count(), verbose=verbose, log=log)
+    _show_restored(tuner, spec, log, verbose)
+    _fit(spec, context, lambda: tuner, log, verbose)
+
+
+def _show_restored(tuner, spec: Spec, log, verbose: int) -> None:
+    """Gives a restored search this driver's output: the verbosity asked for now (not the one its
+    state was saved with), and with 0 a fresh progress line that evolve's lines go through."""
+    from evolve.search.display import Display, ProgressCallback, restored_searcher_and_config
+
+    searcher, run_config = restored_searcher_and_config(tuner)
+    if run_config is None:
+        return
+    run_config.verbose = verbose
+    kept = [c for c in (run_config.callbacks or []) if not isinstance(c, ProgressCallback)]
+    if verbose or not isinstance(searcher, EvolveSearcher):
+        run_config.callbacks = kept
+        if isinstance(searcher, EvolveSearcher):
+            searcher.log = log
+        return
+    display = Display()
+    searcher.log = display.wrap(log)
+    run_config.callbacks = kept + [ProgressCallback(searcher, spec.budget.concurrent, display)]
 
 
 def _restore_tuner(tune_dir: Path):
@@ -290,8 +328,10 @@ def _restore_tuner(tune_dir: Path):
                         f"{type(e).__name__}: {' '.join(str(e).split())[:200]}") from None
 
 
-def _fit(spec: Spec, context: dict, make_tuner, log) -> None:
+def _fit(spec: Spec, context: dict, make_tuner, log, verbose: int = 1) -> None:
     """Starts the slots and the zygote, runs Tune to the end, and stops them again."""
+    from evolve.search.display import tune_output
+
     slots = None
     try:
         # The slots' worker groups start once and then train trial after trial.
@@ -299,7 +339,8 @@ def _fit(spec: Spec, context: dict, make_tuner, log) -> None:
                          context["slots"], log=log)
         # warm before the first trial, not inside it; this search's own, which only it stops
         zygote.ensure(search=context["search"])
-        make_tuner().fit()
+        with tune_output(verbose):
+            make_tuner().fit()
     finally:
         if slots is not None:
             slots.close()

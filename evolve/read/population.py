@@ -8,6 +8,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from evolve.agent import audit
@@ -200,7 +201,54 @@ def diff_against_parent(run_dir: str | Path, vid: str) -> str:
 
 
 def fmt(x, digits: int = 4) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+    """One value as text, by its type: integers whole ("1,400"), floats with `digits` decimals, missing as "-".
+
+    Counts, tokens, steps and parameters are integers and print without a
+    decimal point; numpy's and pandas' integer scalars count as integers,
+    bools print as yes/no, and anything else (text) as itself.
+    """
+    if x is None or x is pd.NA or (isinstance(x, (float, np.floating)) and math.isnan(x)):
+        return "-"
+    if isinstance(x, (bool, np.bool_)):
+        return "yes" if x else "no"
+    if isinstance(x, (int, np.integer)):
+        return f"{int(x):,}"
+    if isinstance(x, (float, np.floating)):
+        return f"{float(x):.{digits}f}"
+    return str(x)
+
+
+def fmt_count(x) -> str:
+    """A count that may arrive as a float (a pandas column with a gap upcasts its integers): whole, or "-"."""
+    if x is None or x is pd.NA or (isinstance(x, (float, np.floating)) and not math.isfinite(x)):
+        return "-"
+    return fmt(int(round(float(x))))
+
+
+# columns that hold counts (of variants, trials, tokens, steps, parameters): whole numbers even when a
+# gap in the column made pandas store them as floats
+COUNT_COLUMNS = frozenset({"generation", "children", "completed", "improved", "trials", "pulls", "pending",
+                           "llm_tokens", "tokens", "tokens_trained", "tokens_inherited", "prompt_tokens",
+                           "completion_tokens", "step", "steps", "params", "parameters", "island", "workers"})
+
+
+def fmt_column(col: pd.Series, digits: int = 4) -> list[str]:
+    """Each value of a table column as text, by the column's type (not the row's: a row mixes types).
+
+    Integer and bool columns print whole; a float column named in
+    COUNT_COLUMNS whose values are all whole prints whole too; other floats
+    get `digits` decimals; lists and dicts print as compact JSON; a missing
+    value prints "-".
+    """
+    values = col.tolist()
+    if pd.api.types.is_bool_dtype(col.dtype) or pd.api.types.is_integer_dtype(col.dtype):
+        return [fmt(v) for v in values]
+    if pd.api.types.is_float_dtype(col.dtype):
+        whole = col.name in COUNT_COLUMNS and all(not math.isfinite(v) or float(v).is_integer()
+                                                  for v in col.dropna().astype(float))
+        return [fmt_count(v) if whole else fmt(v, digits) for v in values]
+    return [json.dumps(v, sort_keys=True, separators=(",", ":"), default=str) if isinstance(v, (dict, list))
+            else fmt(v, digits) for v in values]
 
 
 def load_audit(run_dir: str | Path) -> pd.DataFrame:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from evolve.read import plots
-from evolve.read.population import fmt, load_population
+from evolve.read.population import fmt, fmt_column, load_population
 from evolve.read.status import status_lines
 from evolve.record.store import atomic_write
 
@@ -45,16 +45,11 @@ def _png(fig) -> str:
 def _table(df: pd.DataFrame, digits: int = 4) -> str:
     if df.empty:
         return '<p class="muted">none</p>'
-    head = "".join(f'<th class="{"l" if df[c].dtype == object else ""}">{html.escape(str(c))}</th>'
-                   for c in df.columns)
-    rows = []
-    for _, r in df.iterrows():
-        cells = []
-        for c in df.columns:
-            v = r[c]
-            text = fmt(v, digits) if isinstance(v, float) else str(v)
-            cells.append(f'<td class="{"l" if df[c].dtype == object else ""}">{html.escape(text)}</td>')
-        rows.append("<tr>" + "".join(cells) + "</tr>")
+    left = {c: not pd.api.types.is_numeric_dtype(df[c].dtype) for c in df.columns}  # text (object or str)
+    head = "".join(f'<th class="{"l" if left[c] else ""}">{html.escape(str(c))}</th>' for c in df.columns)
+    texts = {c: fmt_column(df[c], digits) for c in df.columns}  # by column: iterrows would upcast ints to floats
+    rows = ["<tr>" + "".join(f'<td class="{"l" if left[c] else ""}">{html.escape(texts[c][i])}</td>'
+                             for c in df.columns) + "</tr>" for i in range(len(df))]
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
 
 

@@ -77,6 +77,7 @@ class EvolveSearcher(Searcher):
         self.n_recorded = 0
         self.confirm_plan: list | None = None  # (variant, seed) re-runs still to suggest
         self.confirm_live: dict[str, tuple] = {}  # trial id -> (variant, seed) of a re-run
+        self.confirm_total: int | None = None  # the re-runs planned, for the progress line
         seed = Variant(files=store.put_files(seed_files), operator="seed",
                        record={"kind": "seed", "rationale": "the scaffold as written"})
         self.seed_id = seed.id
@@ -191,6 +192,7 @@ class EvolveSearcher(Searcher):
                      "parent_ids": list(self.variants[v].parents)} for v, r in self.results.items()]
             seeds = [self.spec.seed + 1 + i for i in range(c.seeds)]
             self.confirm_plan = confirm.plan(rows, self.seed_id, self.spec.objective.mode, c.top, seeds)
+            self.confirm_total = len(self.confirm_plan)
             n = len({v for v, _ in self.confirm_plan})
             self.log(f"evolve: confirming: {len(self.confirm_plan)} re-runs of {n} variants (the seed, the top "
                      f"{c.top} and their parents) with seeds {', '.join(map(str, seeds))}")
@@ -264,6 +266,7 @@ class EvolveSearcher(Searcher):
         self.__dict__.setdefault("llm_arms", {})
         self.__dict__.setdefault("merge_tried", set())  # a state saved before the merge operator
         self.__dict__.setdefault("merge_said", set())
+        self.__dict__.setdefault("confirm_total", None)  # a state saved before the progress line: shown as "?"
         if "n_briefs" not in state:  # a state saved when the agent kept this count itself
             self.n_briefs = getattr(self.llm, "n_child_requests", 0) if self.llm is not None else 0
         if "child_failures" not in state:  # a state saved before the briefs carried the parent's failed children
