@@ -66,7 +66,10 @@ def tokens_to(points: list, target: float) -> int | None:
 
 def run_one(method: str, seed: int, args, run_dir: Path) -> list:
     trials = args.trials * TRIALS_FACTOR.get(method, 1)
-    common = ["confirm.top=0", f"budget.trials={trials}", f"budget.train_tokens={args.train_tokens}", f"seed={seed}"]
+    # curve points every 2 steps: PBT decides on them (at tiny_lm's 20 a short trial reports only its end,
+    # and PBT never moves a trial: it would be random search again)
+    common = ["confirm.top=0", f"budget.trials={trials}", f"budget.train_tokens={args.train_tokens}", f"seed={seed}",
+              "trial.report_every=2"]
     if method == "llm":
         extra = ["operator.kind=llm", f"operator.base_url={args.endpoint}", f"operator.model={args.model}",
                  *([f"operator.api_key_env={args.api_key_env}"] if args.api_key_env else [])]
