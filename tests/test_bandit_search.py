@@ -33,7 +33,9 @@ def test_each_child_is_drawn_by_an_arm_and_its_reward_updates_that_arm(experimen
     for vid, arm in arms.items():
         row, parent = pop.loc[vid], pop.loc[s.variants[vid].parents[0]]
         fit = row["fitness"] if row["status"] == "completed" else None
-        expected[arm].append(reward(fit, parent["fitness"], row["status"], 1024, "min"))
+        assert row["tokens_trained"] == 1024  # what the rank said: a variant could shrink it, so the reward
+        # divides by the tokens the searcher gave the trial instead
+        expected[arm].append(reward(fit, parent["fitness"], row["status"], s.spec.budget.train_tokens, "min"))
     assert any(v > 0 for r in expected.values() for v in r) and any(v == 0 for r in expected.values() for v in r)
     on_disk = json.loads((tmp_path / "run" / "bandit.json").read_text())
     for arm, rewards in expected.items():

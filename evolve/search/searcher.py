@@ -693,7 +693,11 @@ class EvolveSearcher(Searcher):
             self.log(f"evolve: warning: bandit: {vid} was made by arm {arm!r}, not one of this search's; not counted")
             return
         parent = self.results.get(v.parents[0]) or {}
-        tokens = row.get("tokens_trained") or self.spec.budget.train_tokens
+        # the tokens the searcher gave the trial, never the count its rank reported (a variant could shrink it
+        # to buy its arm a larger reward per token); a failed or stopped child's reward is 0 whatever it spent
+        op = self.spec.operator
+        tokens = (inherit_tokens(op.inherit_tokens, self.spec.budget.train_tokens) if row.get("inherited_from")
+                  else self.spec.budget.train_tokens)
         self.bandit.update(arm, reward(_finite(row["fitness"]), _finite(parent.get("fitness")), row["status"],
                                        float(tokens), self.spec.objective.mode))
         self._save_bandit()
