@@ -123,12 +123,21 @@ def test_an_unreachable_bucket_is_one_line(tmp_path, monkeypatch, capsys):
     assert err.startswith("evolve: error: ") and len(err.strip().splitlines()) == 1
 
 
+def tune_knows(uri, files):
+    """Whether Tune's newest snapshot in the bucket holds a trial of each of the two variants the bucket holds."""
+    ids = [k[len("variants/"):-len(".json")] for k in files if k.startswith("variants/")]
+    states = sorted(k for k in files if k.startswith("tune/experiment_state"))
+    return len(ids) == 2 and bool(states) and all(i in read_remote(uri, states[-1]).decode() for i in ids)
+
+
 @pytest.mark.search
 def test_a_search_in_the_bucket_resumes_on_another_head(uri, experiment, tmp_path):
     """The driver is killed mid-search and its disk lost; `evolve resume URI` finishes from the bucket.
 
     The LLM operator writes the children, and the test holds the second child's reply until after
     the kill: however fast the machine, at most the seed and the first child are recorded by then.
+    The kill waits until Tune's snapshot in the bucket holds the first child's trial, so the resume
+    always restores that trial (running or finished) on a head whose `work/` folder is gone.
     """
     from tests.agent_replies import lr_edit
     from tests.openai_server import Reply, ScriptedOpenAI
@@ -155,8 +164,7 @@ def test_a_search_in_the_bucket_resumes_on_another_head(uri, experiment, tmp_pat
             deadline = time.time() + 600
             while time.time() < deadline and p.poll() is None:
                 files = remote(uri)
-                if (held.is_set() and any(k.startswith("population/") for k in files)
-                        and any("experiment_state" in k for k in files)):
+                if held.is_set() and any(k.startswith("population/") for k in files) and tune_knows(uri, files):
                     break  # a result and Tune's state are in the bucket, the last child not yet written
                 time.sleep(0.5)
             assert p.poll() is None and held.is_set(), (tmp_path / "run.log").read_text()[-3000:]

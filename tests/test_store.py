@@ -186,3 +186,23 @@ def test_status_shows_gpu_hours_and_mfu_when_trials_ran_on_gpus():
     pop = pd.DataFrame({"variant_id": ["a", "b", "c"], "gpu_hours": [0.1, 0.2, None], "mfu": [0.31, 0.42, None]})
     assert speed_lines(pop) == ["GPU: 0.30 GPU-hours; MFU median 36.5%, best 42.0% (b)"]
     assert speed_lines(pop.assign(gpu_hours=0.0)) == []
+
+
+def test_a_restored_trial_writes_its_variant_again_from_the_store(tmp_path):
+    """A head resumed from a bucket has no work/ folder (it is never mirrored): the trial writes it again."""
+    from evolve.messages import TrialConfig
+    from evolve.trial.train import variant_files
+
+    store = Store(tmp_path)
+    v = Variant(files=store.put_files({"recipe.py": b"def f(): pass\n", "config.yaml": b"lr: 0.1\n"}), operator="x")
+    store.put_variant(v)
+    work = tmp_path / "work" / v.id
+    config = TrialConfig(variant_dir=str(work), out_dir="o", data_dir="d", task={}, seed=0, train_tokens=4096,
+                         run_dir=str(tmp_path), variant_id=v.id)
+    assert variant_files(config) is None
+    assert (work / "recipe.py").read_bytes() == b"def f(): pass\n"
+    (work / "config.yaml").write_bytes(b"lr: 9.0\n")  # what the folder holds does not stand: the store's does
+    assert variant_files(config) is None and (work / "config.yaml").read_bytes() == b"lr: 0.1\n"
+    lost = variant_files(config.replace(variant_id="0" * 12))
+    assert lost.status == "failed" and lost.failure_reason.startswith(
+        "the variant's files cannot be written again from the store: KeyError: ")

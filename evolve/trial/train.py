@@ -257,6 +257,22 @@ def read_kept_result(path: Path) -> TrialOutcome | None:
         return None
 
 
+def variant_files(config: TrialConfig) -> TrialOutcome | None:
+    """Writes the variant's files again from the store into its work folder; a failed outcome if it cannot.
+
+    The searcher wrote them when it suggested the trial, but `work/` is not
+    mirrored to a bucket: a trial Tune restores on another head (the first
+    head's disk lost) finds the folder gone. What the store holds is written
+    over whatever the folder holds.
+    """
+    store = Store(config.run_dir)
+    try:
+        store.materialize(store.get_variant(config.variant_id), config.variant_dir)
+    except (KeyError, OSError, ValueError) as e:
+        return TrialOutcome.failed(f"the variant's files cannot be written again from the store: {one_line(e)}")
+    return None
+
+
 def trainable(raw: dict) -> None:
     """The Tune function trainable: reports the curve, then the final result.
 
@@ -277,6 +293,8 @@ def trainable(raw: dict) -> None:
     # outside the trial's folder: the variant's process may write there, never here
     kept = Path(config.run_dir) / KEPT / f"{config.key}.json"
     result = read_kept_result(kept)
+    if result is None:
+        result = variant_files(config)
     if result is None:
         checkpoint = tune.get_checkpoint()
         if checkpoint is not None:
