@@ -279,6 +279,7 @@ def resume_search(run_dir: str | os.PathLike, log=print, verbose: int = 0) -> No
         raise SpecError(f"run: {str(tune_dir / 'tuner.pkl')!r} not found: Ray Tune never saved this "
                         f"search's state; start it again with evolve run")
     tuner = _restore_tuner(tune_dir)  # before anything starts: a corrupt state is one line
+    _check_place(tuner, run_dir)
     hold_api_keys(spec)
     meta, context = prepare_run(spec, run_dir, log)
     for name in Store(run_dir).sweep_temporaries():
@@ -288,6 +289,19 @@ def resume_search(run_dir: str | os.PathLike, log=print, verbose: int = 0) -> No
     init_ray(spec, num_cpus=os.cpu_count(), verbose=verbose, log=log)
     _show_restored(tuner, spec, log, verbose)
     _fit(spec, context, lambda: tuner, log, verbose)
+
+
+def _check_place(tuner, run_dir: Path) -> None:
+    """SpecError, one line, if the search was started in another folder: its trials' configs in
+    Tune's state name files there, and a restored trial would read and write that folder."""
+    from evolve.search.display import restored_searcher_and_config
+
+    searcher, _ = restored_searcher_and_config(tuner)
+    was = searcher.context.get("run_dir") if isinstance(searcher, EvolveSearcher) else None
+    if was and Path(was) != run_dir:
+        raise SpecError(f"run: this search was started in {was!r} and Ray Tune's state names paths there; "
+                        f"resume it from that path (a bucket's local copy: set EVOLVE_CACHE so it lands "
+                        f"there), or read it here with status, show and report")
 
 
 def _show_restored(tuner, spec: Spec, log, verbose: int) -> None:

@@ -104,6 +104,21 @@ def test_cli_status_show_checkout(search, tmp_path, capsys):
 
 
 @pytest.mark.search
+def test_a_moved_run_reads_but_resumes_only_where_it_was_started(search, tmp_path, capsys):
+    """Tune's state names the run's paths: a restored trial in a moved copy would read and write the original."""
+    import shutil
+
+    run_dir, _ = search
+    moved = tmp_path / "moved"
+    shutil.copytree(run_dir, moved)
+    assert cli.main(["status", str(moved)]) == 0 and "completed 4" in capsys.readouterr().out
+    assert cli.main(["resume", str(moved)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"evolve: error: run: this search was started in {str(run_dir)!r} and Ray Tune's state ")
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.search
 def test_the_notebook_runs_from_a_clean_kernel_over_the_run(search, tmp_path, monkeypatch):
     import nbformat
     from jupyter_client import KernelManager
