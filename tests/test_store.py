@@ -1,4 +1,5 @@
 import os
+import shutil
 
 import pyarrow.parquet as pq
 import pytest
@@ -200,9 +201,10 @@ def test_a_restored_trial_writes_its_variant_again_from_the_store(tmp_path):
     config = TrialConfig(variant_dir=str(work), out_dir="o", data_dir="d", task={}, seed=0, train_tokens=4096,
                          run_dir=str(tmp_path), variant_id=v.id)
     assert variant_files(config) is None
-    assert (work / "recipe.py").read_bytes() == b"def f(): pass\n"
-    (work / "config.yaml").write_bytes(b"lr: 9.0\n")  # what the folder holds does not stand: the store's does
-    assert variant_files(config) is None and (work / "config.yaml").read_bytes() == b"lr: 0.1\n"
+    assert (work / "recipe.py").read_bytes() == b"def f(): pass\n" and (work / "config.yaml").is_file()
+    (work / "recipe.py").unlink()  # a folder that is there is the searcher's, left as it is
+    assert variant_files(config) is None and not (work / "recipe.py").exists()
+    shutil.rmtree(work)
     lost = variant_files(config.replace(variant_id="0" * 12))
     assert lost.status == "failed" and lost.failure_reason.startswith(
         "the variant's files cannot be written again from the store: KeyError: ")

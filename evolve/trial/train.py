@@ -258,13 +258,15 @@ def read_kept_result(path: Path) -> TrialOutcome | None:
 
 
 def variant_files(config: TrialConfig) -> TrialOutcome | None:
-    """Writes the variant's files again from the store into its work folder; a failed outcome if it cannot.
+    """Writes the variant's files again from the store if its work folder is gone; a failed outcome if it cannot.
 
     The searcher wrote them when it suggested the trial, but `work/` is not
     mirrored to a bucket: a trial Tune restores on another head (the first
-    head's disk lost) finds the folder gone. What the store holds is written
-    over whatever the folder holds.
+    head's disk lost) finds the folder gone. A folder that is there is left
+    as it is (no rank may write to it).
     """
+    if Path(config.variant_dir).is_dir():
+        return None
     store = Store(config.run_dir)
     try:
         store.materialize(store.get_variant(config.variant_id), config.variant_dir)
