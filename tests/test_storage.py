@@ -72,6 +72,27 @@ def test_every_record_is_in_the_bucket_when_its_write_returns(uri):
 
 
 @pytest.mark.warm
+def test_a_sweep_uploads_tunes_experiment_state_after_the_rest(uri):
+    """A bucket holding Tune's experiment state holds what a resume needs with it, even if the head died mid-sweep."""
+    sent = []
+
+    class Recording(mirror.Mirror):
+        def upload(self, path):
+            sent.append(path.name)
+            return super().upload(path)
+
+    local = mirror.local_copy(uri)
+    for rel in ("tune/experiment_state-1.json", "tune/tuner.pkl", "tune/searcher-state-1.pkl",
+                "tune/trainable_1/result.json", "population/1-a.parquet", "work/a/recipe.py"):
+        (local / rel).parent.mkdir(parents=True, exist_ok=True)
+        (local / rel).write_bytes(rel.encode())
+    m = Recording(local, uri, interval_s=3600)
+    assert m.push() == 5 and sent[-1] == "experiment_state-1.json" and "recipe.py" not in sent
+    assert set(remote(uri)) == {"tune/experiment_state-1.json", "tune/tuner.pkl", "tune/searcher-state-1.pkl",
+                                "tune/trainable_1/result.json", "population/1-a.parquet"}
+
+
+@pytest.mark.warm
 def test_compaction_removes_merged_parts_from_the_bucket_after_the_merged_file(uri):
     local = mirror.local_copy(uri)
     m = mirror.Mirror(local, uri, interval_s=3600).start()

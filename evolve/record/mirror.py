@@ -151,14 +151,19 @@ class Mirror:
                 self._sent.pop(rel, None)
 
     def push(self) -> int:
-        """Uploads every file that changed since its last upload; returns how many."""
-        n = 0
+        """Uploads every file that changed since its last upload; returns how many.
+
+        Tune's experiment state goes last: a bucket that holds it holds the
+        rest of that sweep too (`tuner.pkl`, the searcher's state, the trials'
+        folders), so a head lost mid-sweep leaves a state a resume can use.
+        """
+        paths = []
         for dirpath, dirnames, filenames in os.walk(self.local):
             if Path(dirpath) == self.local:
                 dirnames[:] = [d for d in dirnames if d not in LOCAL_ONLY]
-            for name in filenames:
-                n += self.upload(Path(dirpath) / name)
-        return n
+            paths += [Path(dirpath) / name for name in filenames]
+        paths.sort(key=lambda p: p.name.startswith("experiment_state"))  # stable: the walk's order otherwise
+        return sum(self.upload(p) for p in paths)
 
     # -- remote to local ---------------------------------------------------------------------
     def pull(self, threads: int = 8) -> int:
