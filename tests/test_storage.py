@@ -182,13 +182,13 @@ def test_a_search_in_the_bucket_resumes_on_another_head(uri, experiment, tmp_pat
         p = evolve("run", str(experiment), "budget.trials=3", "budget.concurrent=1", "budget.train_tokens=8192",
                    "trial.report_every=2", "confirm.top=0", *llm, "--run-dir", uri, log=log)
         try:
-            deadline = time.time() + 600
-            while time.time() < deadline and p.poll() is None:
+            deadline, ready = time.time() + 600, False
+            while not ready and time.time() < deadline and p.poll() is None:
                 files = remote(uri)
-                if held.is_set() and any(k.startswith("population/") for k in files) and tune_knows(uri, files):
-                    break  # a result and Tune's state are in the bucket, the last child not yet written
-                time.sleep(0.5)
-            assert p.poll() is None and held.is_set(), (tmp_path / "run.log").read_text()[-3000:]
+                # a result and Tune's state are in the bucket, the last child not yet written
+                ready = held.is_set() and any(k.startswith("population/") for k in files) and tune_knows(uri, files)
+                time.sleep(0 if ready else 0.5)
+            assert ready and p.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
         finally:
             lose_the_head(p)
             release.set()
