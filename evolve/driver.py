@@ -24,6 +24,7 @@ from evolve.record import mirror
 from evolve.record.seals import hash_files, sealed_paths
 from evolve.record.store import Store, atomic_write
 from evolve.search.searcher import EvolveSearcher
+from evolve.search.tunestate import restored_configs, restored_searcher
 from evolve.spec import Spec, SpecError, load_run_spec, model_entries
 from evolve.trial.evaluation import load_module
 from evolve.trial.slots import SlotPool
@@ -246,8 +247,8 @@ def run_search(spec: Spec, run_dir: str | os.PathLike, log=print, verbose: int =
     def make_tuner():
         return tune.Tuner(
             tune.with_resources(trainable, TRIAL_RESOURCES),
-            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=max_trials(spec),
-                                        max_concurrent_trials=spec.budget.concurrent, reuse_actors=True,
+            # no max_concurrent_trials: the searcher counts its trials in flight itself (see its `suggest`)
+            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=max_trials(spec), reuse_actors=True,
                                         scheduler=make_scheduler(spec)),
             run_config=tune.RunConfig(name="tune", storage_path=str(run_dir), verbose=verbose,
                                       callbacks=callbacks, failure_config=tune.FailureConfig(max_failures=spec.trial.max_failures)),
@@ -287,6 +288,7 @@ def resume_search(run_dir: str | os.PathLike, log=print, verbose: int = 0) -> No
     n = sum(1 for _ in (run_dir / "population").glob("*.parquet"))
     log(f"evolve: resuming {spec.name} in {run_dir}: {n} of {spec.budget.trials} variants recorded")
     init_ray(spec, num_cpus=os.cpu_count(), verbose=verbose, log=log)
+    _drop_tunes_limiter(tuner)
     _show_restored(tuner, spec, log, verbose)
     _fit(spec, context, lambda: tuner, log, verbose)
 
@@ -294,9 +296,7 @@ def resume_search(run_dir: str | os.PathLike, log=print, verbose: int = 0) -> No
 def _check_place(tuner, run_dir: Path) -> None:
     """SpecError, one line, if the search was started in another folder: its trials' configs in
     Tune's state name files there, and a restored trial would read and write that folder."""
-    from evolve.search.display import restored_searcher_and_config
-
-    searcher, _ = restored_searcher_and_config(tuner)
+    searcher = restored_searcher(tuner)
     was = searcher.context.get("run_dir") if isinstance(searcher, EvolveSearcher) else None
     if was and Path(was) != run_dir:
         raise SpecError(f"run: this search was started in {was!r} and Ray Tune's state names paths there; "
@@ -304,12 +304,26 @@ def _check_place(tuner, run_dir: Path) -> None:
                         f"there), or read it here with status, show and report")
 
 
+def _drop_tunes_limiter(tuner) -> None:
+    """A search saved with Tune's ConcurrencyLimiter resumes without it.
+
+    The limiter's saved set of live trials may name a trial Tune does not
+    restore (the two are saved apart), and it then refuses every suggestion
+    for good; evolve's searcher counts its own trials in flight, matched to
+    those Tune restores.
+    """
+    tune_config, _ = restored_configs(tuner)
+    if isinstance(getattr(tune_config, "search_alg", None), EvolveSearcher):
+        tune_config.max_concurrent_trials = None
+
+
 def _show_restored(tuner, spec: Spec, log, verbose: int) -> None:
     """Gives a restored search this driver's output: the verbosity asked for now (not the one its
     state was saved with), and with 0 a fresh progress line that evolve's lines go through."""
-    from evolve.search.display import Display, ProgressCallback, restored_searcher_and_config
+    from evolve.search.display import Display, ProgressCallback
 
-    searcher, run_config = restored_searcher_and_config(tuner)
+    tune_config, run_config = restored_configs(tuner)
+    searcher = getattr(tune_config, "search_alg", None)
     if run_config is None:
         return
     run_config.verbose = verbose

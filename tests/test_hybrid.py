@@ -153,7 +153,7 @@ def finish(s, tid, vid, fail=False):
 
 
 def make(experiment, run, *overrides):
-    spec = load_spec(experiment, ["budget.trials=11", "confirm.top=0", "operator.kind=hybrid",
+    spec = load_spec(experiment, ["budget.trials=11", "budget.concurrent=8", "confirm.top=0", "operator.kind=hybrid",
                                   "operator.hybrid_trials=3", *overrides])
     store = Store(run)
     lines = []

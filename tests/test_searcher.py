@@ -14,7 +14,7 @@ pytestmark = pytest.mark.unit
 
 
 def make(experiment, tmp_path, *overrides):
-    spec = load_spec(experiment, ["budget.trials=8", "confirm.top=0", *overrides])
+    spec = load_spec(experiment, ["budget.trials=8", "budget.concurrent=8", "confirm.top=0", *overrides])
     store = Store(tmp_path / "run")
     return EvolveSearcher(spec, store, trial_context(spec, store.root, {}, None), scaffold_files(spec),
                           log=lambda s: None), store
@@ -223,3 +223,73 @@ def test_a_brief_carries_the_facts_and_the_parents_failed_and_stopped_children(e
     again = EvolveSearcher.__new__(EvolveSearcher)
     again.__setstate__(old)
     assert again.child_failures == s.child_failures
+
+
+def tune_state(tune_dir, trials):
+    """An experiment state file as Ray Tune writes it: one (trial, runtime) pair of JSON texts per trial."""
+    tune_dir.mkdir(parents=True, exist_ok=True)
+    data = [[json.dumps({"trial_id": tid, "status": status, "config": cfg}), "{}"] for tid, status, cfg in trials]
+    (tune_dir / "experiment_state-2026-12-07_10-00-05.json").write_text(json.dumps({"trial_data": data}))
+
+
+def test_a_resume_counts_the_trials_tune_restores_when_the_searchers_snapshot_is_older(experiment, tmp_path):
+    """The bucket held the searcher's state from before the seed finished and Tune's from after the
+    child started (they are saved apart): the child Tune restores counts as live, and is recorded."""
+    s, store = make(experiment, tmp_path, "budget.concurrent=1")
+    t0 = s.suggest("t0")
+    (tmp_path / "tune").mkdir()
+    s.save(str(tmp_path / "tune" / "searcher-state.pkl"))  # the searcher's state: t0 training
+    finish(s, "t0", {}, 3.5)
+    a = s.suggest("t1")
+    tune_state(tmp_path / "tune", [("t0", "TERMINATED", t0), ("t1", "RUNNING", a)])
+    lines = []
+    r, _ = make(experiment, tmp_path, "budget.concurrent=1")
+    r.log = lines.append
+    r.restore(str(tmp_path / "tune" / "searcher-state.pkl"))
+    assert r.live == {"t1": a["variant_id"]} and r.n_suggested == 2 and a["variant_id"] in r.variants
+    assert any("1 trial(s) Tune runs again taken in" in ln for ln in lines), lines
+    assert r.suggest("t2") is None  # one at a time: t1 is training
+    finish(r, "t1", {}, 3.0)
+    assert set(load_population(tmp_path / "run")["variant_id"]) == {t0["variant_id"], a["variant_id"]}
+    assert r.suggest("t2")["variant_id"] not in (t0["variant_id"], a["variant_id"])
+
+
+def test_a_resume_suggests_again_a_trial_tune_never_saved(experiment, tmp_path):
+    s, store = make(experiment, tmp_path, "budget.concurrent=2")
+    t0 = s.suggest("t0")
+    finish(s, "t0", {}, 3.5)
+    a, b = s.suggest("t1"), s.suggest("t2")
+    (tmp_path / "tune").mkdir()
+    s.save(str(tmp_path / "tune" / "searcher-state.pkl"))  # the searcher's state names t1 and t2
+    tune_state(tmp_path / "tune", [("t0", "TERMINATED", t0), ("t1", "RUNNING", a)])  # Tune's, only t1
+    r, _ = make(experiment, tmp_path, "budget.concurrent=2")
+    r.restore(str(tmp_path / "tune" / "searcher-state.pkl"))
+    assert r.live == {"t1": a["variant_id"]} and r.requeued == [b["variant_id"]] and r.n_suggested == 2
+    again = r.suggest("t3")
+    assert again["variant_id"] == b["variant_id"] and again["trial_id"] == "t3" and r.n_suggested == 3
+    finish(r, "t1", {}, 3.0)
+    finish(r, "t3", {}, 2.9)
+    assert len(load_population(tmp_path / "run")) == 3
+
+
+def test_a_corrupt_tune_state_is_a_warning_and_the_snapshot_stands(experiment, tmp_path):
+    s, _ = make(experiment, tmp_path)
+    s.suggest("t0")
+    (tmp_path / "tune").mkdir()
+    s.save(str(tmp_path / "tune" / "searcher-state.pkl"))
+    (tmp_path / "tune" / "experiment_state-2026-12-07_10-00-05.json").write_text("{not json")
+    lines = []
+    r, _ = make(experiment, tmp_path)
+    r.log = lines.append
+    r.restore(str(tmp_path / "tune" / "searcher-state.pkl"))
+    assert list(r.live) == ["t0"]
+    assert [ln for ln in lines if "not matched" in ln and "experiment_state-2026-12-07_10-00-05.json" in ln], lines
+
+
+def test_the_searcher_keeps_to_the_concurrency_itself(experiment, tmp_path):
+    s, _ = make(experiment, tmp_path, "budget.concurrent=2")
+    assert s.set_max_concurrency(2) is True  # Tune's ConcurrencyLimiter, if any, passes everything through
+    s.suggest("t0"), s.suggest("t1")
+    assert s.suggest("t2") is None
+    finish(s, "t0", {}, 3.5)
+    assert s.suggest("t2") is not None

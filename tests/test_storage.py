@@ -32,6 +32,12 @@ def read_remote(uri, rel):
         return f.read()
 
 
+def write_remote(uri, rel, data):
+    fs, base = pafs.FileSystem.from_uri(uri)
+    with fs.open_output_stream(f"{base}/{rel}") as f:
+        f.write(data)
+
+
 def _result(store, i):
     v = Variant(files=store.put_files({"config.yaml": f"lr: {i}\n".encode()}), operator="perturb")
     store.put_variant(v)
@@ -159,15 +165,23 @@ def test_a_search_in_the_bucket_resumes_on_another_head(uri, experiment, tmp_pat
     the kill: however fast the machine, at most the seed and the first child are recorded by then.
     The kill waits until Tune's snapshot in the bucket holds the first child's trial, so the resume
     always restores that trial (running or finished) on a head whose `work/` folder is gone.
+
+    Tune saves the searcher's state apart from its experiment state, and a sweep can upload one
+    from before a change and the other from after (CI once resumed such a pair and waited for
+    good). The test holds the first child's reply until the bucket holds a searcher state, keeps
+    that one (it knows no child), and puts it back after the kill: the resume always meets the pair.
     """
     from tests.agent_replies import lr_edit
     from tests.openai_server import Reply, ScriptedOpenAI
     from tests.test_resume import evolve, kill_group, lose_the_head
 
     held, release, asked = threading.Event(), threading.Event(), [0]
+    kept, stale = threading.Event(), {}
 
     def respond(body):
         asked[0] += 1
+        if asked[0] == 1:  # no child until a searcher state that knows none is kept
+            kept.wait(300)
         if asked[0] == 2 and not release.is_set():  # the second child's reply waits for the kill
             held.set()
             release.wait()
@@ -185,15 +199,23 @@ def test_a_search_in_the_bucket_resumes_on_another_head(uri, experiment, tmp_pat
             deadline, ready = time.time() + 600, False
             while not ready and time.time() < deadline and p.poll() is None:
                 files = remote(uri)
+                if not kept.is_set() and any(k.startswith("tune/searcher-state") for k in files):
+                    assert sum(k.startswith("variants/") for k in files) == 1  # the seed alone
+                    stale.update({k: read_remote(uri, k) for k in files
+                                  if k.startswith(("tune/searcher-state", "tune/search_gen_state"))})
+                    kept.set()
                 # a result and Tune's state are in the bucket, the last child not yet written
                 ready = held.is_set() and any(k.startswith("population/") for k in files) and tune_knows(uri, files)
                 time.sleep(0 if ready else 0.5)
             assert ready and p.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
         finally:
             lose_the_head(p)
+            kept.set()
             release.set()
         before = {k: read_remote(uri, k) for k in remote(uri) if k.startswith("population/")}
         assert 1 <= len(before) < 3
+        for k, data in stale.items():  # the bucket's searcher state from before the child was suggested
+            write_remote(uri, k, data)
         shutil.rmtree(mirror.local_copy(uri))  # the head node is gone, and its disk with it
 
         q = evolve("resume", uri, log=log)
@@ -202,6 +224,9 @@ def test_a_search_in_the_bucket_resumes_on_another_head(uri, experiment, tmp_pat
         finally:
             kill_group(q)
     assert "fetched" in (tmp_path / "run.log").read_text()
+    if len(before) == 1:  # the child's trial was live in Tune's state, and the kept searcher state knew no child
+        assert "Ray Tune's state and the searcher's differ: 1 trial(s) Tune runs again taken in" in \
+            (tmp_path / "run.log").read_text()
     shutil.rmtree(mirror.local_copy(uri))
     pop = load_population(uri)  # as the bucket holds it
     assert len(pop) == 3 and pop["variant_id"].is_unique and (pop["status"] == "completed").all()

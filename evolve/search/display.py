@@ -161,12 +161,3 @@ def tune_output(verbose: int):
             os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
         else:
             os.environ["RAY_AIR_NEW_OUTPUT"] = old
-
-
-def restored_searcher_and_config(tuner):
-    """A restored Tuner's searcher and RunConfig, which Tune keeps in its state (`tuner.pkl`) and
-    offers no other way to reach: a resumed search sets its verbosity and progress callback on them.
-    Returns (None, None) if this Ray keeps them elsewhere."""
-    inner = getattr(tuner, "_local_tuner", None)
-    tune_config, run_config = getattr(inner, "_tune_config", None), getattr(inner, "_run_config", None)
-    return getattr(tune_config, "search_alg", None), run_config

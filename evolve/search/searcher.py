@@ -29,7 +29,7 @@ from evolve.record.weights import INHERIT, read_inherit
 from evolve.search import confirm, hybrid
 from evolve.search import merge as merging
 from evolve.search import selection as pop
-from evolve.search import studies
+from evolve.search import studies, tunestate
 from evolve.search.bandit import Bandit, model_arms, reward
 from evolve.search.facts import read_meta, task_facts
 from evolve.search.heuristic import crossover, perturb
@@ -72,6 +72,7 @@ class EvolveSearcher(Searcher):
         self.on_island: list[set] = [set() for _ in self.islands]
         self.island_scored: list[list[tuple[str, float]]] = [[] for _ in self.islands]
         self.live: dict[str, str] = {}  # trial id -> variant id
+        self.requeued: list[str] = []  # variants whose trial Tune lost in a resume: suggested again first
         self.curves: dict[str, list] = {}  # trial id -> learning curve so far
         self.n_suggested = 0
         self.n_recorded = 0
@@ -104,10 +105,19 @@ class EvolveSearcher(Searcher):
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return True  # metric and mode come from the experiment spec
 
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        return True  # the searcher counts its own trials in flight (see `suggest`)
+
     def suggest(self, trial_id: str):
+        # Its own count, not Tune's ConcurrencyLimiter: the limiter's saved set of live
+        # trials can disagree with the trials Tune restores, and then waits forever.
+        if len(self.live) + len(self.confirm_live) >= self.spec.budget.concurrent:
+            return None
         if self.n_suggested >= self.spec.budget.trials:
             return self._suggest_rerun(trial_id)
-        if self._pending_seed is not None:
+        if self.requeued:
+            child = self.variants[self.requeued.pop(0)]  # admitted before; `_admit` again changes nothing
+        elif self._pending_seed is not None:
             child, self._pending_seed = self._pending_seed, None
         else:
             if self.hybrid:
@@ -193,6 +203,8 @@ class EvolveSearcher(Searcher):
             seeds = [self.spec.seed + 1 + i for i in range(c.seeds)]
             self.confirm_plan = confirm.plan(rows, self.seed_id, self.spec.objective.mode, c.top, seeds)
             self.confirm_total = len(self.confirm_plan)
+            running = set(self.confirm_live.values())  # re-runs a resume found Tune running already
+            self.confirm_plan = [p for p in self.confirm_plan if tuple(p) not in running]
             n = len({v for v, _ in self.confirm_plan})
             self.log(f"evolve: confirming: {len(self.confirm_plan)} re-runs of {n} variants (the seed, the top "
                      f"{c.top} and their parents) with seeds {', '.join(map(str, seeds))}")
@@ -241,6 +253,9 @@ class EvolveSearcher(Searcher):
         absorbed = self.absorb_recorded()  # the store is the record; Tune's snapshot may be older
         if absorbed:
             self.log(f"evolve: resume: {absorbed} result(s) recorded after Tune's last snapshot taken from the store")
+        self._match_tune(Path(checkpoint_path).parent)  # Tune's experiment state sits beside this file
+        if self.hybrid:
+            self._forget_lost_trials()
         if self.llm is not None:
             kept = self.llm.restore(frozenset(self.variants))
             if kept:
@@ -250,7 +265,8 @@ class EvolveSearcher(Searcher):
             if self.llm is not None:
                 self._bandit_rejections()
             # children still training are those Tune runs again, whatever the snapshot counted
-            self.bandit.set_pending(Counter(self.variants[v].record.get("arm") for v in self.live.values()))
+            self.bandit.set_pending(Counter(self.variants[v].record.get("arm")
+                                            for v in [*self.live.values(), *self.requeued]))
             self._save_bandit()
 
     def __getstate__(self):  # Tuner pickles the searcher; the log callable may not pickle
@@ -267,6 +283,7 @@ class EvolveSearcher(Searcher):
         self.__dict__.setdefault("merge_tried", set())  # a state saved before the merge operator
         self.__dict__.setdefault("merge_said", set())
         self.__dict__.setdefault("confirm_total", None)  # a state saved before the progress line: shown as "?"
+        self.__dict__.setdefault("requeued", [])  # a state saved before the searcher matched Tune's trials
         if "n_briefs" not in state:  # a state saved when the agent kept this count itself
             self.n_briefs = getattr(self.llm, "n_child_requests", 0) if self.llm is not None else 0
         if "child_failures" not in state:  # a state saved before the briefs carried the parent's failed children
@@ -623,17 +640,71 @@ class EvolveSearcher(Searcher):
             if vid in self.results:
                 continue
             row = parsed(row)
-            if vid not in self.variants:  # suggested after the snapshot
-                self._admit(self.store.get_variant(vid))
-                self.n_suggested += 1
+            self._count_suggested(vid)
             self._count(vid, row)
             for trial_id in [t for t, v in self.live.items() if v == vid]:
                 del self.live[trial_id]
                 self.curves.pop(trial_id, None)
             new += 1
-        if self.hybrid:
-            self._forget_lost_trials()
         return new
+
+    def _count_suggested(self, vid: str) -> None:
+        """Counts a variant as suggested if the snapshot this state came from had not (it was suggested after).
+
+        KeyError (or the store's error) if the store does not hold it.
+        """
+        if self._pending_seed is not None and vid == self._pending_seed.id:
+            self._pending_seed = None
+        elif vid in self.requeued:
+            self.requeued.remove(vid)
+        elif vid in self.variants:
+            return  # counted when it was suggested
+        self._admit(self.variants.get(vid) or self.store.get_variant(vid))
+        self.n_suggested += 1
+
+    def _match_tune(self, tune_dir: Path) -> None:
+        """Makes the live trials those Tune runs again from its newest experiment state (evolve.search.tunestate).
+
+        A trial Tune saved after the searcher's snapshot is counted (its
+        variant read from the store); a trial the searcher counted that
+        Tune never saved is lost, and its variant is suggested again (a
+        tuning's lost trial: `_forget_lost_trials` asks another).
+        """
+        try:
+            again = tunestate.trials_run_again(tune_dir)
+        except ValueError as e:
+            self.log(f"evolve: warning: resume: Ray Tune's trials not matched with the searcher's: {e}")
+            return
+        if again is None:
+            return
+        m = tunestate.match(self.live, self.confirm_live, again, set(self.results))
+        for tid, vid in m.adopt.items():
+            try:
+                self._count_suggested(vid)
+            except (KeyError, OSError, ValueError) as e:
+                self.log(f"evolve: warning: resume: Tune runs trial {tid} of variant {vid[:8]}, "
+                         f"which the store cannot give: {' '.join(str(e).split())[:200]}")
+                continue
+            self.live[tid] = vid
+        for tid, vid in m.lose.items():
+            del self.live[tid]
+            self.curves.pop(tid, None)
+            if vid not in self.tuning_of:
+                self.requeued.append(vid)
+                self.n_suggested -= 1
+        for tid, pair in m.adopt_reruns.items():
+            self.confirm_live[tid] = pair
+            if self.confirm_plan:
+                self.confirm_plan = [p for p in self.confirm_plan if tuple(p) != pair]
+        for tid, pair in m.lose_reruns.items():
+            del self.confirm_live[tid]
+            if self.confirm_plan is not None:
+                self.confirm_plan.insert(0, pair)  # `_suggest_rerun` skips it if it was recorded
+        found = len(m.adopt) + len(m.adopt_reruns)
+        lost = len(m.lose) + len(m.lose_reruns)
+        if found or lost:
+            self.log(f"evolve: resume: Ray Tune's state and the searcher's differ: {found} trial(s) Tune runs "
+                     f"again taken in, {lost} it never saved to be suggested again")
 
     def _forget_lost_trials(self) -> None:
         """After a resume: a tuning's trial neither recorded nor live was suggested after the snapshot and is lost.
