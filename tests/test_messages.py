@@ -48,7 +48,7 @@ def test_a_trial_config_as_the_flat_layout_saved_it_in_tunes_state_still_reads()
            "report_every": 2, "checkpoint_tokens": 0, "sandbox": {"level": "full"}, "timeout_s": 0,
            "peak_tflops": 0.0, "train_storage": "/runs/one/train", "slots": "k", "search": "k",
            "resources": {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0, "placement": "pack"},
-           "variant_id": "v", "trial_id": "t", "variant_dir": "/runs/one/work/v", "out_dir": "/runs/one/trials/v"}
+           "variant_id": "v", "trial_id": "t", "variant_dir": "/runs/one/variant/v", "out_dir": "/runs/one/trials/v"}
     assert TrialConfig.from_dict(old).to_dict() | old == TrialConfig.from_dict(old).to_dict()
 
 
