@@ -326,8 +326,7 @@ def _show_restored(tuner, spec: Spec, log, verbose: int) -> None:
     state was saved with), and with 0 a fresh progress line that evolve's lines go through."""
     from evolve.search.display import Display, ProgressCallback
 
-    tune_config, run_config = restored_configs(tuner)
-    searcher = getattr(tune_config, "search_alg", None)
+    searcher, (_, run_config) = restored_searcher(tuner), restored_configs(tuner)
     if run_config is None:
         return
     run_config.verbose = verbose

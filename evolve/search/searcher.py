@@ -654,12 +654,15 @@ class EvolveSearcher(Searcher):
         KeyError (or the store's error) if the store does not hold it.
         """
         if self._pending_seed is not None and vid == self._pending_seed.id:
-            self._pending_seed = None
+            variant, self._pending_seed = self._pending_seed, None
         elif vid in self.requeued:
             self.requeued.remove(vid)
+            variant = self.variants[vid]
         elif vid in self.variants:
             return  # counted when it was suggested
-        self._admit(self.variants.get(vid) or self.store.get_variant(vid))
+        else:
+            variant = self.store.get_variant(vid)
+        self._admit(variant)
         self.n_suggested += 1
 
     def _match_tune(self, tune_dir: Path) -> None:

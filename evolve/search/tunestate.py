@@ -23,10 +23,11 @@ def newest_state(tune_dir: str | Path) -> Path | None:
 
 
 def trials_run_again(tune_dir: str | Path) -> dict[str, dict] | None:
-    """Trial id -> config of each trial Tune will run again from `tune_dir`'s newest experiment state.
+    """Trial id -> {variant_id, confirm, seed} of each trial Tune will run again from `tune_dir`'s
+    newest experiment state (checked as read).
 
     None when there is no state file. ValueError, naming the file, when it
-    cannot be read.
+    cannot be read or a trial's config lacks those fields.
     """
     path = newest_state(tune_dir)
     if path is None:
@@ -37,7 +38,11 @@ def trials_run_again(tune_dir: str | Path) -> dict[str, dict] | None:
         for entry in data["trial_data"]:
             trial = json.loads(entry[0])
             if trial["status"] != DONE:
-                again[trial["trial_id"]] = dict(trial["config"])
+                cfg = trial["config"]
+                if not isinstance(cfg["variant_id"], str):
+                    raise TypeError(f"trial {trial['trial_id']}: variant_id is not a string")
+                again[str(trial["trial_id"])] = {"variant_id": cfg["variant_id"], "confirm": bool(cfg.get("confirm")),
+                                                 "seed": int(cfg.get("seed", 0))}
         return again
     except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
         raise ValueError(f"{path.name}: {type(e).__name__}: {' '.join(str(e).split())[:200]}") from None
@@ -61,12 +66,10 @@ def match(live: dict[str, str], reruns: dict[str, tuple], again: dict[str, dict]
     """
     adopt, adopt_reruns, running = {}, {}, set()
     for tid, cfg in again.items():
-        vid = cfg.get("variant_id")
-        if not isinstance(vid, str):
-            continue
-        if cfg.get("confirm"):
+        vid = cfg["variant_id"]
+        if cfg["confirm"]:
             if tid not in reruns:
-                adopt_reruns[tid] = (vid, int(cfg.get("seed", 0)))
+                adopt_reruns[tid] = (vid, cfg["seed"])
         else:
             running.add(vid)
             if tid not in live and vid not in recorded:
