@@ -8,8 +8,6 @@ import pytest
 
 from evolve.warm import zygote
 
-pytestmark = pytest.mark.warm
-
 
 @pytest.fixture(scope="module")
 def warm(tmp_path_factory):
@@ -24,9 +22,7 @@ def warm(tmp_path_factory):
             time.sleep(0.1)
 
 
-
-
-
+@pytest.mark.warm
 def test_calls_run_in_fresh_children_with_reports(warm):
     reports = []
     first = zygote.call("tests.zygote_targets:identify", {"n": 3}, on_report=reports.append)
@@ -37,11 +33,13 @@ def test_calls_run_in_fresh_children_with_reports(warm):
     assert first["torch_loaded_before"] is True  # preloaded: no import in the child
 
 
+@pytest.mark.warm
 def test_state_a_child_changes_does_not_reach_the_next(warm):
     assert zygote.call("tests.zygote_targets:poison", {})["poisoned"] is True
     assert zygote.call("tests.zygote_targets:is_poisoned", {})["poisoned"] is False
 
 
+@pytest.mark.warm
 def test_failures_come_back_as_one_line(warm):
     with pytest.raises(zygote.ChildFailed, match=r"^ValueError: bad value 7$"):
         zygote.call("tests.zygote_targets:fail", {"x": 7})
@@ -49,6 +47,7 @@ def test_failures_come_back_as_one_line(warm):
         zygote.call("tests.zygote_targets:die", {})
 
 
+@pytest.mark.warm
 def test_a_child_exits_when_its_caller_goes_away(warm, tmp_path):
     import json
     import socket
@@ -81,6 +80,7 @@ def _gone(pid: int, within_s: float = 5.0) -> bool:
     return False
 
 
+@pytest.mark.warm
 def test_a_call_past_its_time_out_is_killed_with_what_it_started(warm, tmp_path):
     pidfile = tmp_path / "pids"
     t0 = time.monotonic()
@@ -95,6 +95,7 @@ def test_a_call_past_its_time_out_is_killed_with_what_it_started(warm, tmp_path)
             pytest.fail(f"process {pid} outlived its call's time-out")
 
 
+@pytest.mark.warm
 def test_a_cancelled_call_is_killed(warm, tmp_path):
     import threading
 
@@ -119,6 +120,7 @@ def _ask(path, request: dict) -> dict:
         return json.loads(s.makefile("r").readline())
 
 
+@pytest.mark.warm
 def test_the_zygote_serves_only_its_search_and_its_entry_points(warm):
     key = zygote.secret(warm)
     assert _ask(warm, {"op": "call", "fn": "evolve.rank.entry:run_rank", "kwargs": {}}) == {
@@ -136,6 +138,7 @@ def test_the_zygote_serves_only_its_search_and_its_entry_points(warm):
     assert oct(os.stat(warm.with_suffix(".secret")).st_mode & 0o777) == "0o600"
 
 
+@pytest.mark.warm
 def test_each_search_has_its_own_zygote(warm):
     other = zygote.ensure(search="another-search")
     try:
@@ -148,3 +151,18 @@ def test_each_search_has_its_own_zygote(warm):
             break
         time.sleep(0.1)
     assert zygote.ping(other) is None and zygote.ping(warm)  # the other search's stop left ours alone
+
+
+@pytest.mark.unit
+def test_the_code_digest_covers_the_whole_package_not_only_the_zygotes_folder(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    package = Path(zygote.__file__).resolve().parents[1]
+    copy = tmp_path / "evolve"
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    before = zygote.code_digest(copy)
+    assert before == zygote.code_digest(copy) == zygote._code_digest()  # the package as installed
+    entry = copy / "rank" / "entry.py"  # what the zygote's children run, in another folder than the zygote
+    entry.write_text(entry.read_text() + "\n# changed\n")
+    assert zygote.code_digest(copy) != before

@@ -61,13 +61,18 @@ IDLE_EXIT_S = 600.0  # a zygote with no request and no child for this long exits
 START_TIMEOUT_S = 420.0  # the first start imports everything and may build the CPU op (minutes on a loaded node)
 
 
+def code_digest(package: Path) -> str:
+    """Returns a hash of every Python file under `package`, by path and content."""
+    h = hashlib.sha256()
+    for f in sorted(package.rglob("*.py")):
+        h.update(f.relative_to(package).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
 @functools.lru_cache(maxsize=1)
 def _code_digest() -> str:
-    """Returns a hash of evolve's own source: a zygote never serves stale code."""
-    h = hashlib.sha256()
-    for f in sorted(Path(__file__).resolve().parent.rglob("*.py")):
-        h.update(f.read_bytes())
-    return h.hexdigest()
+    """Returns the hash of evolve's whole package (not only this folder): a zygote never serves stale code."""
+    return code_digest(Path(__file__).resolve().parents[1])
 
 
 # What a client may ask a zygote to run; EVOLVE_ZYGOTE_ENTRY_POINTS (comma-separated, read when the
