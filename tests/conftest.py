@@ -167,6 +167,45 @@ def _search_watch():
         yield
 
 
+_ZYGOTES_STARTED: set = set()  # sockets of the zygotes this process asked for (evolve.warm.zygote.ensure)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _zygote_watch():
+    """Wraps `zygote.ensure` to note the sockets this process started or found (see `_each_module_ends_clean`)."""
+    from evolve.warm import zygote
+
+    original = zygote.ensure
+
+    @functools.wraps(original)
+    def noted(*args, **kwargs):
+        path = original(*args, **kwargs)
+        _ZYGOTES_STARTED.add(path)
+        return path
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(zygote, "ensure", noted)
+        yield
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _each_module_ends_clean():
+    """What a module left running in this process is stopped when it ends (after its own fixtures): a Ray it
+    initialised and never shut down (`run_baseline` leaves it up, as a CLI process would at exit), and the
+    zygotes it asked for. The next module starts from nothing, and no idle cluster or zygote of an earlier
+    module takes CPU from the tests after it."""
+    yield
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+    from evolve.warm import zygote
+
+    for path in list(_ZYGOTES_STARTED):
+        _ZYGOTES_STARTED.discard(path)
+        if path.exists() and zygote.ping(path):
+            zygote.shutdown(path)
+
+
 _FIXTURE_COSTS: dict = {}  # FixtureDef -> Cost of its latest set-up
 _TEST_COST = pytest.StashKey()
 

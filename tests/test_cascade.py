@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from evolve.warm import zygote
 from evolve.agent.cascade import Rejected, check_reply, check_syntax, smoke_run
 from evolve.spec import load_spec
 from evolve.driver import prepare_run, scaffold_files
 from evolve.variant import content_hash, variant_id
+from tests.conftest import TINY_LM
 
 MUTABLE = ["recipe.py", "config.yaml", "guidelines.md"]
 SEALED = ["harness/data.py", "harness/evaluate.py"]
@@ -74,12 +74,12 @@ def test_syntax_never_runs_the_code():
         check_syntax("recipe.py", b"\xff\xfe")
 
 
-@pytest.fixture
-def context(experiment, tmp_path):
-    spec = load_spec(experiment)
-    _, context = prepare_run(spec, tmp_path / "run")
-    yield context
-    zygote.shutdown()
+@pytest.fixture(scope="module")
+def context(tmp_path_factory):
+    """One run folder for the module's smoke runs: they share its zygote, as a search's smoke runs do
+    (the conftest stops it when the module ends)."""
+    _, context = prepare_run(load_spec(TINY_LM), tmp_path_factory.mktemp("cascade") / "run")
+    return context
 
 
 def _smoke(parent, context, tmp_path, **edits):
