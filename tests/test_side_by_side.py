@@ -138,12 +138,23 @@ def head(tmp_path_factory):
         yield {"env": env, "gcs": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dash}", "home": home,
                "tmp": tmp, "dir": d}
     finally:
+        import psutil
+
+        try:  # the head's processes as they are now: some (Ray's agents) rename themselves out of reach of the folder's name
+            started = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            started = []
         proc.send_signal(signal.SIGTERM)
         try:  # `ray start --block` takes half a minute to stop its head gracefully; what is left is killed below
             proc.wait(5)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        for child in started:  # psutil checks each is still the process it was (not a reused pid)
+            try:
+                child.kill()
+            except psutil.NoSuchProcess:
+                pass
         for pid in _head_processes(tmp):  # anything of this head's still left
             try:
                 os.kill(pid, signal.SIGKILL)
