@@ -121,7 +121,6 @@ def test_a_real_search_draws_its_operators_by_the_bandit_and_resumes_it(experime
     from evolve import cli
     from evolve.driver import init_ray, resume_search, run_search
     from evolve.spec import load_spec
-    from evolve.warm import zygote
 
     spec = load_spec(experiment, ["budget.train_tokens=8192", "trial.report_every=2", "confirm.top=0",
                                   "budget.trials=5", "budget.concurrent=2", "operator.bandit=ucb"])
@@ -153,7 +152,6 @@ def test_a_real_search_draws_its_operators_by_the_bandit_and_resumes_it(experime
         assert len(load_population(run)) == 5
     finally:
         ray.shutdown()
-        zygote.shutdown()
 
 
 @pytest.mark.warm

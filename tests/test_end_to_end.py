@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 
 from evolve import cli
-from evolve.warm import zygote
 from evolve.read.population import load_population
 from evolve.spec import load_spec
 from evolve.driver import init_ray, prepare_run, run_search
@@ -27,7 +26,6 @@ def ray_cluster(tmp_path_factory):
     init_ray(spec, num_cpus=2)
     yield
     ray.shutdown()
-    zygote.shutdown()  # the one a trial started, if any is left
 
 
 @pytest.fixture(scope="module")

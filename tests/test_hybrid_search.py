@@ -11,7 +11,6 @@ from evolve.read.population import load_population
 from evolve.record.store import Store
 from evolve.search.yamledit import flatten
 from evolve.spec import load_spec
-from evolve.warm import zygote
 
 TINY = ["budget.train_tokens=8192", "trial.report_every=2", "confirm.top=0", "budget.concurrent=2",
         "operator.kind=hybrid", "operator.hybrid_trials=3"]
@@ -25,7 +24,6 @@ def ray_cluster():
     init_ray(load_spec(TINY_LM), num_cpus=2)
     yield
     ray.shutdown()
-    zygote.shutdown()
 
 
 def settings(run_dir, vid) -> dict:

@@ -77,7 +77,6 @@ def test_children_continue_from_their_parents_weights_and_count_only_their_own_t
     import ray
 
     from evolve.driver import init_ray, run_search
-    from evolve.warm import zygote
 
     tiny_lm = Path(__file__).parents[1] / "experiments" / "tiny_lm"
     frozen = "[n_head,n_layer,n_embd,seq_len,batch_size,deepspeed.gradient_accumulation_steps]"
@@ -90,7 +89,6 @@ def test_children_continue_from_their_parents_weights_and_count_only_their_own_t
         run_search(spec, run, log=lambda line: None)
     finally:
         ray.shutdown()
-        zygote.shutdown()
     full = load_population(run)
     pop = full.set_index("variant_id")
     assert len(pop) == 5 and (pop["status"] == "completed").all(), pop[["status", "failure_reason"]]

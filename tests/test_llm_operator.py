@@ -272,7 +272,6 @@ def test_a_child_prompt_carries_the_searchs_real_facts_and_curve(experiment, tmp
     from evolve.driver import run_search
     from evolve.messages import split_tokens
     from evolve.read.population import load_audit
-    from evolve.warm import zygote
 
     run = tmp_path / "run"
     with ScriptedOpenAI(counting_responder()) as s:
@@ -283,7 +282,6 @@ def test_a_child_prompt_carries_the_searchs_real_facts_and_curve(experiment, tmp
             run_search(spec, run, log=lambda line: None)
         finally:
             ray.shutdown()
-            zygote.shutdown()
     pop = load_population(run)
     seed = pop[pop["operator"] == "seed"].iloc[0]
     assert seed["status"] == "completed" and seed["optimizer_steps"] == 16 and 0 < seed["n_params"] < 500_000

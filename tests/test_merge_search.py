@@ -15,7 +15,6 @@ from evolve.record.store import Store
 from evolve.search.merge import marker_lines, merge_files
 from evolve.search.searcher import EvolveSearcher
 from evolve.spec import load_spec
-from evolve.warm import zygote
 from tests.agent_replies import counting_responder, is_merge, merge_resolution
 from tests.openai_server import Reply, ScriptedOpenAI
 from tests.test_llm_operator import FAST, drive, make
@@ -159,7 +158,6 @@ def merge_search(tmp_path_factory):
             searcher = run_search(spec, run_dir, log=lines.append)
         finally:
             ray.shutdown()
-            zygote.shutdown()
     return run_dir, lines, searcher
 
 

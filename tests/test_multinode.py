@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 
-from evolve.warm import zygote
 from evolve.read.population import load_population
 from evolve.spec import load_spec
 from evolve.driver import run_search
@@ -27,7 +26,6 @@ def test_a_trial_spans_two_nodes(tmp_path, monkeypatch):
         run_search(spec, tmp_path / "run", log=lambda line: None, verbose=0)
     finally:
         ray.shutdown()
-        zygote.shutdown()
         cluster.shutdown()
     pop = load_population(tmp_path / "run")
     assert len(pop) == 1 and (pop["status"] == "completed").all(), list(pop["failure_reason"])
