@@ -5,7 +5,7 @@ import pytest
 from evolve.agent.operator import agent_state, requests_wanted
 from evolve.messages import TrialOutcome
 from evolve.rank.lm import RecipeError, plan_steps
-from evolve.trial.slots import LOST
+from evolve.trial.board import LOST
 from evolve.trial.train import TrialLost, outcome
 
 pytestmark = pytest.mark.unit

@@ -8,7 +8,7 @@ import ray
 
 from evolve.spec import load_spec
 from evolve.driver import init_ray
-from evolve.trial.slots import SlotBoard
+from evolve.trial.board import SlotBoard
 
 pytestmark = pytest.mark.warm
 

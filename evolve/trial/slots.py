@@ -12,11 +12,8 @@ trial: a variant's code only ever runs in its own children, which exit
 after the trial; the relays and the zygote never load it, and the sealed
 evaluation runs in yet another fresh child.
 
-`SlotBoard`, one async actor per search, is where trials and relays meet:
-a trial (a Tune trainable holding no CPU) acquires a free slot, posts its
-job and reads its learning-curve points; the slot's relays long-poll for
-the job, rank 0 publishes a fresh rendezvous port for the children's
-process group, and each rank reports when its child ends. A rank that
+The search's `SlotBoard` (`evolve.trial.board`) is where trials (Tune
+trainables holding no CPU) and relays meet. A rank that
 fails gets the others' children cancelled, so a data-parallel trial never
 hangs in a collective. A worker group that dies fails its job with a
 reason and is started again.
@@ -24,7 +21,6 @@ reason and is started again.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import threading
@@ -36,150 +32,13 @@ import ray
 from evolve.errors import one_line
 from evolve.messages import TrialConfig
 from evolve.rank.sandbox import policy_for
+from evolve.trial.board import LOST, SlotBoard
 from evolve.trial.relay import RendezvousConfig, make_trainer
 from evolve.warm import zygote
 
 # Ray Train is imported inside the functions that start worker groups.
 
 TAKE_POLL_S = 5.0  # relays' long-poll for a job
-# A rank's reason starts with this when its process or worker was lost rather than the variant
-# failing: the trial is retried from its checkpoint (Tune's failure_config), not recorded as failed.
-LOST = "lost: "
-LEASE_S = 60.0  # a busy slot whose trial has not polled for this long is taken back
-
-
-@ray.remote(num_cpus=0, max_concurrency=1000)
-class SlotBoard:
-    """The slots' state; every method is cheap, waits are long-polls."""
-
-    def __init__(self, n: int, lease_s: float = LEASE_S):
-        self.lease_s = lease_s
-        self.slots = {i: {"alive": False, "busy": False, "job": None, "reports": [], "finished": {},
-                          "cancelled": False, "rendezvous": None, "reason": None, "seen": 0.0}
-                      for i in range(n)}
-        self.stopping = False
-        self.changed = asyncio.Condition()
-
-    async def _notify(self) -> None:
-        async with self.changed:
-            self.changed.notify_all()
-
-    async def _wait_for(self, predicate, timeout: float) -> bool:
-        async with self.changed:
-            try:
-                await asyncio.wait_for(self.changed.wait_for(predicate), timeout)
-                return True
-            except asyncio.TimeoutError:
-                return predicate()
-
-    # -- the pool ------------------------------------------------------------
-    async def slot_up(self, slot: int) -> None:
-        self.slots[slot].update(alive=True, reason=None)
-        await self._notify()
-
-    async def slot_down(self, slot: int, reason: str) -> None:
-        """The slot's worker group ended: its running job fails on every rank not yet done."""
-        s = self.slots[slot]
-        s.update(alive=False, reason=reason)
-        if s["job"] is not None:
-            for rank in range(s["job"]["world"]):
-                s["finished"].setdefault(rank, f"{LOST}the training worker group stopped: {reason}")
-        await self._notify()
-
-    async def shutdown(self) -> None:
-        self.stopping = True
-        await self._notify()
-
-    # -- trials --------------------------------------------------------------
-    def _free(self, s: dict) -> bool:
-        """A live slot nobody holds, or one whose trial stopped polling (its process died)."""
-        return s["alive"] and (not s["busy"] or time.monotonic() - s["seen"] > self.lease_s)
-
-    async def acquire(self, timeout: float) -> int | None:
-        """Returns a free, live slot (marked busy), or None after `timeout`."""
-        if not await self._wait_for(lambda: any(self._free(s) for s in self.slots.values()), timeout):
-            return None
-        slot = next(i for i, s in self.slots.items() if self._free(s))
-        # a job left by a dead trial is dropped: its relays see it go and kill their children
-        self.slots[slot].update(busy=True, seen=time.monotonic(), job=None, reports=[], finished={},
-                                cancelled=False, rendezvous=None)
-        await self._notify()
-        return slot
-
-    async def release(self, slot: int) -> None:
-        self.slots[slot].update(busy=False, job=None, reports=[], finished={}, cancelled=False,
-                                rendezvous=None)
-        await self._notify()
-
-    async def put_job(self, slot: int, job: dict) -> None:
-        self.slots[slot].update(job=job, reports=[], finished={}, cancelled=False, rendezvous=None,
-                                seen=time.monotonic())
-        await self._notify()
-
-    async def wait(self, slot: int, job_id: str, cursor: int, timeout: float) -> dict:
-        """Returns the job's reports after `cursor`, its per-rank outcomes and whether all ranks ended."""
-        s = self.slots[slot]
-        s["seen"] = time.monotonic()
-
-        def news():
-            return len(s["reports"]) > cursor or self._done(s)
-
-        await self._wait_for(news, timeout)
-        return {"reports": s["reports"][cursor:], "cursor": len(s["reports"]), "done": self._done(s),
-                "errors": {r: e for r, e in s["finished"].items() if e}}
-
-    @staticmethod
-    def _done(s: dict) -> bool:
-        return s["job"] is not None and len(s["finished"]) >= s["job"]["world"]
-
-    async def cancel(self, slot: int, job_id: str) -> None:
-        s = self.slots[slot]
-        if s["job"] is not None and s["job"]["id"] == job_id:
-            s["cancelled"] = True
-            await self._notify()
-
-    # -- relays --------------------------------------------------------------
-    async def take_job(self, slot: int, rank: int, last_id: str | None, timeout: float):
-        """Returns a job this rank has not run yet, "shutdown", or None after `timeout`."""
-        s = self.slots[slot]
-
-        def ready():
-            return self.stopping or (s["job"] is not None and s["job"]["id"] != last_id
-                                     and rank not in s["finished"])
-
-        await self._wait_for(ready, timeout)
-        if self.stopping:
-            return "shutdown"
-        return s["job"] if ready() else None
-
-    async def set_rendezvous(self, slot: int, job_id: str, addr: str, port: int) -> None:
-        self.slots[slot]["rendezvous"] = (job_id, addr, port)
-        await self._notify()
-
-    async def get_rendezvous(self, slot: int, job_id: str, timeout: float):
-        s = self.slots[slot]
-        ok = await self._wait_for(lambda: (s["rendezvous"] or ("",))[0] == job_id, timeout)
-        return s["rendezvous"][1:] if ok else None
-
-    async def report(self, slot: int, job_id: str, point: dict) -> None:
-        s = self.slots[slot]
-        if s["job"] is not None and s["job"]["id"] == job_id:
-            s["reports"].append(point)
-            await self._notify()
-
-    async def finish(self, slot: int, job_id: str, rank: int, error: str | None) -> None:
-        s = self.slots[slot]
-        if s["job"] is not None and s["job"]["id"] == job_id:
-            s["finished"].setdefault(rank, error)
-            await self._notify()
-
-    async def cancelled(self, slot: int, job_id: str, timeout: float) -> bool:
-        s = self.slots[slot]
-
-        def stop():
-            return self.stopping or s["cancelled"] or s["job"] is None or s["job"]["id"] != job_id
-
-        return await self._wait_for(stop, timeout)
 
 
 # -- the relay: Ray Train's train_loop_per_worker ---------------------------------

@@ -25,7 +25,7 @@ from evolve.rank import mfu
 from evolve.record.store import Store, atomic_write
 from evolve.record.weights import keep_weights
 from evolve.trial.evaluation import EvaluationError, max_weight_bytes, seal_model
-from evolve.trial.slots import LOST
+from evolve.trial.board import LOST
 from evolve.warm import zygote
 
 # Ray is imported inside the functions Tune runs: this module's pure parts (outcome, the checkpoint
