@@ -30,7 +30,6 @@ from evolve.trial.evaluation import load_module
 from evolve.trial.slots import SlotPool
 from evolve.trial.train import TRIAL_RESOURCES, trainable
 from evolve.warm import zygote
-from evolve.warm.commop import load_cpu_comm_op
 
 # Ray is imported inside the functions that start or restore a search: the CLI's reading commands
 # import this module's helpers without paying for it.
@@ -165,7 +164,9 @@ def prepare_run(spec: Spec, run_dir: Path, log=print) -> tuple[dict, dict]:
     mirror.sync(run_dir)  # a run folder in cloud storage has its data there before any trial
     walls = sandbox_policy(spec, run_dir, log)
     if spec.trial.gpus_per_worker == 0:
-        load_cpu_comm_op()  # built once here, before trials race to
+        # as the workers' environment says (`worker_env`): a zygote's name carries it, so the driver's
+        # zygote is the one the relays ask for; the zygote loads DeepSpeed's CPU op, under a lock
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     return meta, trial_context(spec, run_dir, sealed, walls)
 
 
@@ -226,16 +227,22 @@ def run_search(spec: Spec, run_dir: str | os.PathLike, log=print, verbose: int =
     (`evolve.search.display`) and Tune prints nothing of its own; 1 and 2 are
     Ray Tune's verbosity (status tables, each trial's config and results).
     """
-    from ray import tune
-
-    from evolve.search.display import Display, ProgressCallback
-
     run_dir = Path(run_dir).resolve()
     hold_api_keys(spec)  # before Ray and the zygote start: they never inherit a key
     if any((run_dir / "population").glob("*.parquet")) or (run_dir / "tune" / "tuner.pkl").exists():
         raise SpecError(f"--run-dir: {str(run_dir)!r} already holds a search; "
                         f"choose another folder, or continue it with: evolve resume {run_dir}")
     meta, context = prepare_run(spec, run_dir, log)
+    with zygote.warming(context["search"]):  # it imports torch and DeepSpeed while Ray starts
+        return _run(spec, run_dir, meta, context, log, verbose)
+
+
+def _run(spec: Spec, run_dir: Path, meta: dict, context: dict, log, verbose: int):
+    """`run_search` once its run folder is prepared and its zygote starting: Ray, the searcher, Tune."""
+    from ray import tune
+
+    from evolve.search.display import Display, ProgressCallback
+
     store = Store(run_dir)
     log(f"evolve: {spec.name}: {spec.budget.trials} trials, {spec.budget.concurrent} at once, "
         f"{spec.budget.train_tokens:,} tokens each ({split_tokens(meta):,} in the training split); "
@@ -244,7 +251,7 @@ def run_search(spec: Spec, run_dir: str | os.PathLike, log=print, verbose: int =
     display = None if verbose else Display()
     log = display.wrap(log) if display else log
     # The searcher comes after Ray (its smoke runs are Ray tasks) and before
-    # the zygote: an LLM operator starts writing while the zygote warms up.
+    # the slots: an LLM operator starts writing while they and the zygote warm up.
     searcher = EvolveSearcher(spec, store, context, scaffold_files(spec), log=log)
     callbacks = [ProgressCallback(searcher, spec.budget.concurrent, display)] if display else None
 
@@ -287,14 +294,15 @@ def resume_search(run_dir: str | os.PathLike, log=print, verbose: int = 0) -> No
     _check_place(tuner, run_dir)
     hold_api_keys(spec)
     meta, context = prepare_run(spec, run_dir, log)
-    for name in Store(run_dir).sweep_temporaries():
-        log(f"evolve: resume: removed {name}, a write the interrupted driver never finished")
-    n = sum(1 for _ in (run_dir / "population").glob("*.parquet"))
-    log(f"evolve: resuming {spec.name} in {run_dir}: {n} of {spec.budget.trials} variants recorded")
-    init_ray(spec, num_cpus=os.cpu_count(), verbose=verbose, log=log)
-    _drop_tunes_limiter(tuner)
-    _show_restored(tuner, spec, log, verbose)
-    _fit(spec, context, lambda: tuner, log, verbose)
+    with zygote.warming(context["search"]):  # it imports torch and DeepSpeed while Ray starts
+        for name in Store(run_dir).sweep_temporaries():
+            log(f"evolve: resume: removed {name}, a write the interrupted driver never finished")
+        n = sum(1 for _ in (run_dir / "population").glob("*.parquet"))
+        log(f"evolve: resuming {spec.name} in {run_dir}: {n} of {spec.budget.trials} variants recorded")
+        init_ray(spec, num_cpus=os.cpu_count(), verbose=verbose, log=log)
+        _drop_tunes_limiter(tuner)
+        _show_restored(tuner, spec, log, verbose)
+        _fit(spec, context, lambda: tuner, log, verbose)
 
 
 def _check_place(tuner, run_dir: Path) -> None:
@@ -360,7 +368,7 @@ def _restore_tuner(tune_dir: Path):
 
 
 def _fit(spec: Spec, context: dict, make_tuner, log, verbose: int = 1) -> None:
-    """Starts the slots and the zygote, runs Tune to the end, and stops them again."""
+    """Starts the slots, waits for the zygote (`zygote.warming`), runs Tune to the end, and stops the slots."""
     from evolve.search.display import tune_output
 
     slots = None
@@ -375,4 +383,3 @@ def _fit(spec: Spec, context: dict, make_tuner, log, verbose: int = 1) -> None:
     finally:
         if slots is not None:
             slots.close()
-        zygote.shutdown(search=context["search"])

@@ -166,3 +166,43 @@ def test_the_code_digest_covers_the_whole_package_not_only_the_zygotes_folder(tm
     entry = copy / "rank" / "entry.py"  # what the zygote's children run, in another folder than the zygote
     entry.write_text(entry.read_text() + "\n# changed\n")
     assert zygote.code_digest(copy) != before
+
+
+def _zygotes_serving(path) -> list:
+    """The pids of the zygote servers of `path`: processes naming it whose parent does not (not their children)."""
+    import psutil
+
+    named = {}
+    for p in psutil.process_iter(["pid", "ppid", "cmdline"]):
+        if str(path) in (p.info["cmdline"] or []):
+            named[p.info["pid"]] = p.info["ppid"]
+    return sorted(pid for pid, ppid in named.items() if ppid not in named)
+
+
+@pytest.mark.warm
+def test_a_zygote_started_ahead_is_the_one_ensure_finds_and_warming_stops_it():
+    """`warming` starts the zygote in the background (the driver goes on to start Ray), `ensure` waits for that
+    start rather than making a second zygote, and the block's end stops it."""
+    with zygote.warming(search="started-ahead"):
+        path = zygote.ensure(search="started-ahead")
+        pid = zygote.ping(path)
+        assert pid and _zygotes_serving(path) == [pid]  # one zygote: the one the background start made
+    assert _wait_gone(path)
+
+
+@pytest.mark.warm
+def test_a_stop_while_the_zygote_still_starts_leaves_no_zygote_behind():
+    """A search that fails right after its zygote began to start (Ray refused, say) stops it: the stop waits for
+    the start instead of finding no socket and leaving a zygote to idle for ten minutes."""
+    path = zygote.start(search="stopped-while-starting")
+    assert zygote.shutdown(search="stopped-while-starting")  # it was there, once its start ended
+    assert _wait_gone(path)
+
+
+def _wait_gone(path) -> bool:
+    """Whether the zygote of `path` stops answering and its process exits, within 10 s."""
+    for _ in range(100):
+        if zygote.ping(path) is None and not _zygotes_serving(path):
+            return True
+        time.sleep(0.1)
+    return False

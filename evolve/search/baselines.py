@@ -180,24 +180,25 @@ def run_baseline(spec: Spec, run_dir: str | os.PathLike, method: str, log=print)
         context = {**context, "checkpoint_tokens": interval,
                    "report_every": min(context["report_every"], PBT_REPORT_EVERY)}
         checkpoints = tune.CheckpointConfig(num_to_keep=PBT_INTERVALS)  # a donor's may be any of them
-    init_ray(spec, num_cpus=os.cpu_count())
-    slots = SlotPool(spec.budget.concurrent, context["resources"], context["train_storage"], context["slots"], log=log)
-    try:
-        zygote.ensure(search=context["search"])
-        tuner = tune.Tuner(
-            # the constants go beside the space, which searchers flatten and parse
-            tune.with_resources(tune.with_parameters(baseline_trainable, ctx={
-                "seed_dir": str(seed_dir), "settings_file": settings_file, "run_dir": str(run_dir),
-                "context": context, "pbt": method == "pbt"}), TRIAL_RESOURCES),
-            param_space=space,
-            tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=spec.budget.trials,
-                                        max_concurrent_trials=spec.budget.concurrent, reuse_actors=True),
-            run_config=tune.RunConfig(name=f"tune-{method}", storage_path=str(run_dir), verbose=0,
-                                      checkpoint_config=checkpoints))
-        grid = tuner.fit()
-    finally:
-        slots.close()
-        zygote.shutdown(search=context["search"])
+    with zygote.warming(context["search"]):  # it imports torch and DeepSpeed while Ray starts
+        init_ray(spec, num_cpus=os.cpu_count())
+        slots = SlotPool(spec.budget.concurrent, context["resources"], context["train_storage"], context["slots"],
+                         log=log)
+        try:
+            zygote.ensure(search=context["search"])
+            tuner = tune.Tuner(
+                # the constants go beside the space, which searchers flatten and parse
+                tune.with_resources(tune.with_parameters(baseline_trainable, ctx={
+                    "seed_dir": str(seed_dir), "settings_file": settings_file, "run_dir": str(run_dir),
+                    "context": context, "pbt": method == "pbt"}), TRIAL_RESOURCES),
+                param_space=space,
+                tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=spec.budget.trials,
+                                            max_concurrent_trials=spec.budget.concurrent, reuse_actors=True),
+                run_config=tune.RunConfig(name=f"tune-{method}", storage_path=str(run_dir), verbose=0,
+                                          checkpoint_config=checkpoints))
+            grid = tuner.fit()
+        finally:
+            slots.close()
     rows = []
     for r in grid:
         if r.metrics is None or "result_json" not in r.metrics:

@@ -30,6 +30,7 @@ and it runs only the entry points in ENTRY_POINTS.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import hashlib
@@ -311,9 +312,49 @@ def ensure(path: Path | None = None, search: str = "") -> Path:
         raise RuntimeError(f"zygote did not start within {START_TIMEOUT_S:g} s; see {log}")
 
 
-def shutdown(path: Path | None = None, search: str = "") -> bool:
-    """Asks this node's zygote of `search` to exit; returns whether one was there."""
+_starting: dict[Path, threading.Thread] = {}  # starts begun by `start` in this process, by socket
+
+
+def start(path: Path | None = None, search: str = "") -> Path:
+    """Begins starting this node's zygote of `search` in a thread and returns its socket path at once.
+
+    The zygote's imports (several seconds of CPU) then overlap whatever the
+    caller does next (Ray's start); `ensure` waits for it, as it waits for
+    any start under way (the start lock). A start that fails is left to
+    `ensure`, which tries again and raises the reason.
+    """
     path = path or socket_path(search)
+    pending = _starting.get(path)
+    if pending is None or not pending.is_alive():
+        def begin():
+            try:
+                ensure(path)
+            except Exception:  # ensure, called later, raises it
+                pass
+        _starting[path] = threading.Thread(target=begin, name="evolve-zygote-start", daemon=True)
+        _starting[path].start()
+    return path
+
+
+@contextlib.contextmanager
+def warming(search: str = ""):
+    """Starts this node's zygote of `search` now (`start`) and shuts it down when the block ends."""
+    start(search=search)
+    try:
+        yield
+    finally:
+        shutdown(search=search)
+
+
+def shutdown(path: Path | None = None, search: str = "") -> bool:
+    """Asks this node's zygote of `search` to exit; returns whether one was there.
+
+    A start this process began (`start`) is waited for first: a zygote still
+    importing would otherwise outlive this call, idle."""
+    path = path or socket_path(search)
+    pending = _starting.pop(path, None)
+    if pending is not None:
+        pending.join(START_TIMEOUT_S)
     s = _connect(path)
     if s is None:
         return False
