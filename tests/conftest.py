@@ -206,6 +206,73 @@ def _each_module_ends_clean():
             zygote.shutdown(path)
 
 
+# -- one Ray head for the search tier ------------------------------------------------------------
+# A search that starts its own local Ray pays about 7 s and 10 CPU-s for it (Ray's daemons and agents,
+# and Ray Train's autoscaling coordinator, a detached actor the next search on the same cluster finds
+# running). The search tier's tests join one head instead, started when the first of them runs, as
+# every search on a cluster joins its head (`RAY_ADDRESS`). A test marked `own_ray` keeps the default
+# (its search starts a private local Ray, or the test names a cluster of its own): the kill and
+# move tests, whose head goes away or is another one, and one search that shows the default path.
+_SHARED_HEAD: dict = {}
+
+
+def shared_head() -> str:
+    """Returns the address of the search tier's Ray head, starting it (2 CPUs, on 127.0.0.1) the first time."""
+    if "address" not in _SHARED_HEAD:
+        from ray._private.utils import get_ray_address_file
+        from ray.cluster_utils import Cluster
+
+        # the head writes its address where a driver without RAY_ADDRESS looks for a `ray start` head
+        # (`evolve.raycluster`): put back what was there, so such a driver still starts its own Ray
+        recorded = Path(get_ray_address_file(None))
+        before = recorded.read_bytes() if recorded.is_file() else None
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 0})
+        if before is None:
+            recorded.unlink(missing_ok=True)
+        else:
+            recorded.write_bytes(before)
+        _SHARED_HEAD.update(cluster=cluster, address=cluster.address)
+    return _SHARED_HEAD["address"]
+
+
+_RAY_ADDRESS_BEFORE = pytest.StashKey()
+
+
+def joins_the_shared_head(item) -> bool:
+    return item.get_closest_marker("search") is not None and item.get_closest_marker("own_ray") is None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """A test marked `search` (and not `own_ray`) runs, from its fixtures' set-up on, with RAY_ADDRESS naming the
+    shared head."""
+    if joins_the_shared_head(item):
+        item.stash[_RAY_ADDRESS_BEFORE] = os.environ.get("RAY_ADDRESS")
+        os.environ["RAY_ADDRESS"] = shared_head()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    try:
+        return (yield)
+    finally:
+        if _RAY_ADDRESS_BEFORE in item.stash:
+            before = item.stash[_RAY_ADDRESS_BEFORE]
+            if before is None:
+                os.environ.pop("RAY_ADDRESS", None)
+            else:
+                os.environ["RAY_ADDRESS"] = before
+
+
+def pytest_sessionfinish(session, exitstatus):
+    cluster = _SHARED_HEAD.pop("cluster", None)
+    if cluster is not None:
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():
+            ray.shutdown()
+        cluster.shutdown()
+
+
 _FIXTURE_COSTS: dict = {}  # FixtureDef -> Cost of its latest set-up
 _TEST_COST = pytest.StashKey()
 

@@ -107,12 +107,14 @@ def evolve_run(experiment, run_dir, overrides=(), flags=()):
 
 
 @pytest.mark.search
+@pytest.mark.own_ray  # the default: a local Ray of its own
 def test_a_small_search_prints_a_few_plain_lines_per_variant(experiment, tmp_path):
     out = evolve_run(experiment, tmp_path / "run")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     text = out.stdout + out.stderr
     lines = text.splitlines()
     assert not CONTROL.search(text), [ln for ln in lines if CONTROL.search(ln)][:3]  # no \r, no ANSI escapes
+    assert any(ln.startswith("ray: started a local cluster at 127.0.0.1:") for ln in lines), text  # the default
     finished = [ln for ln in lines if re.match(r"\[ +\d/4\] [0-9a-f]{8} <- ", ln)]
     reruns = [ln for ln in lines if ln.startswith("[confirm] ")]
     assert len(finished) == 4 and all("| best " in ln for ln in finished), text

@@ -27,7 +27,7 @@ import yaml
 from evolve.read.population import load_population
 from tests.conftest import wait_for_port
 
-pytestmark = pytest.mark.search
+pytestmark = [pytest.mark.search, pytest.mark.own_ray]  # the search joins the cluster `ray up` starts
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent  # the tests' own environment (.venv/bin)
 NEEDED = {"/usr/sbin/sshd": "openssh-server", "/usr/bin/rsync": "rsync", "/usr/bin/nc": "netcat-openbsd"}
