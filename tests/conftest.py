@@ -217,7 +217,11 @@ _SHARED_HEAD: dict = {}
 
 
 def shared_head() -> str:
-    """Returns the address of the search tier's Ray head, starting it (2 CPUs, on 127.0.0.1) the first time."""
+    """Returns the address of the search tier's Ray head, starting it (2 CPUs, on 127.0.0.1) the first time, and
+    again if one of its processes died (`ray stop`, which `ray down` runs, stops every Ray on the machine)."""
+    cluster = _SHARED_HEAD.get("cluster")
+    if cluster is not None and not cluster.head_node.remaining_processes_alive():
+        stop_shared_head()
     if "address" not in _SHARED_HEAD:
         from ray._private.utils import get_ray_address_file
         from ray.cluster_utils import Cluster
@@ -264,13 +268,19 @@ def pytest_runtest_teardown(item, nextitem):
                 os.environ["RAY_ADDRESS"] = before
 
 
-def pytest_sessionfinish(session, exitstatus):
+def stop_shared_head() -> None:
+    """Stops the search tier's Ray head, if it runs (the next `search` test starts another)."""
     cluster = _SHARED_HEAD.pop("cluster", None)
+    _SHARED_HEAD.pop("address", None)
     if cluster is not None:
         ray = sys.modules.get("ray")
         if ray is not None and ray.is_initialized():
             ray.shutdown()
         cluster.shutdown()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    stop_shared_head()
 
 
 _FIXTURE_COSTS: dict = {}  # FixtureDef -> Cost of its latest set-up
