@@ -135,6 +135,12 @@ def head(tmp_path_factory):
         env=env, stdout=log, stderr=subprocess.STDOUT, cwd=d)
     try:
         wait_for_port(dash, proc, d / "head.log", wait_s=180)
+        # `ray start` records the head's address (where a search without RAY_ADDRESS finds it) after its
+        # dashboard listens: a search started in between would start a local Ray of its own
+        recorded, deadline = Path(tmp) / "ray" / "ray_current_cluster", time.time() + 60
+        while not (recorded.is_file() and recorded.read_text().strip() == f"127.0.0.1:{gcs}"):
+            assert time.time() < deadline and proc.poll() is None, (d / "head.log").read_text()[-2000:]
+            time.sleep(0.1)
         yield {"env": env, "gcs": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dash}", "home": home,
                "tmp": tmp, "dir": d}
     finally:
