@@ -276,6 +276,7 @@ def stop_shared_head() -> None:
         ray = sys.modules.get("ray")
         if ray is not None and ray.is_initialized():
             ray.shutdown()
+        cluster.global_state.disconnect()  # its GCS client, dropped while the GCS still answers
         cluster.shutdown()
 
 
