@@ -17,9 +17,6 @@ from tests.conftest import *  # noqa: F401,F403  the machinery under test
 from tests.conftest import _search_watch  # noqa: F401
 from tests.conftest import pytest_configure as _register
 
-# the search tier's shared Ray head is not under test: its suite's one `search` test starts no search
-del pytest_runtest_setup, pytest_runtest_teardown, pytest_sessionfinish
-
 
 def pytest_configure(config):
     for tier in TIERS:

@@ -9,7 +9,7 @@ from evolve.read.population import load_population
 from evolve.spec import load_spec
 from evolve.driver import run_search
 
-pytestmark = [pytest.mark.search, pytest.mark.own_ray]  # a cluster of two nodes of its own
+pytestmark = pytest.mark.search
 
 
 def test_a_trial_spans_two_nodes(tmp_path, monkeypatch):

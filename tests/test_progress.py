@@ -107,7 +107,6 @@ def evolve_run(experiment, run_dir, overrides=(), flags=()):
 
 
 @pytest.mark.search
-@pytest.mark.own_ray  # the default: a local Ray of its own
 def test_a_small_search_prints_a_few_plain_lines_per_variant(experiment, tmp_path):
     out = evolve_run(experiment, tmp_path / "run")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]

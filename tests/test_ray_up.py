@@ -10,9 +10,7 @@ cluster/onprem.yaml with this host as its head and no workers.
 
 `ray down` runs `ray stop` on the head, which stops every Ray process on
 it: on this machine, the test's own cluster (the suite runs one test at a
-time, each closing its own Ray first). The test stops the search tier's
-shared head before it starts (`tests/conftest.py`); the next search test
-starts another.
+time, each closing its own Ray first).
 """
 
 import os
@@ -27,9 +25,9 @@ import pytest
 import yaml
 
 from evolve.read.population import load_population
-from tests.conftest import stop_shared_head, wait_for_port
+from tests.conftest import wait_for_port
 
-pytestmark = [pytest.mark.search, pytest.mark.own_ray]  # the search joins the cluster `ray up` starts
+pytestmark = pytest.mark.search
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent  # the tests' own environment (.venv/bin)
 NEEDED = {"/usr/sbin/sshd": "openssh-server", "/usr/bin/rsync": "rsync", "/usr/bin/nc": "netcat-openbsd"}
@@ -89,7 +87,6 @@ def ssh_host(tmp_path_factory):
 
 
 def test_ray_up_submit_and_down_run_a_search_on_the_cluster(ssh_host, tmp_path):
-    stop_shared_head()  # `ray down` runs `ray stop`, which stops every Ray here; the next search test starts another
     config = yaml.safe_load((ROOT / "cluster" / "onprem.yaml").read_text())
     name = f"evolve-test-{uuid.uuid4().hex[:6]}"
     config["cluster_name"] = name

@@ -14,9 +14,6 @@ import pytest
 from evolve.read.population import load_population
 from evolve.spec import SpecError, load_run_spec
 
-# each driver starts a local Ray of its own, which dies with it, as on a machine that is gone
-pytestmark = pytest.mark.own_ray
-
 CKPT = 10_240  # one report of the seed (10 steps of 1,024 tokens)
 BUDGET = 8 * CKPT
 

@@ -176,7 +176,6 @@ def _population(run: Path):
 
 
 @pytest.mark.search
-@pytest.mark.own_ray  # the head this module starts with `ray start`
 def test_two_searches_side_by_side_join_one_head_and_finish_apart(head, tmp_path, monkeypatch):
     from evolve.driver import search_key
     from evolve.warm import zygote
@@ -228,7 +227,6 @@ def _readme_submit_line() -> list[str]:
 
 
 @pytest.mark.search
-@pytest.mark.own_ray  # the head this module starts with `ray start`
 def test_ray_job_submit_as_readme_says_keeps_the_run_where_launch_says(head, tmp_path):
     work = tmp_path / "project"  # a small copy of the repository: the job's working folder
     shutil.copytree(ROOT / "evolve", work / "evolve", ignore=shutil.ignore_patterns("__pycache__"))

@@ -158,7 +158,6 @@ def tune_knows(uri, files):
 
 
 @pytest.mark.search
-@pytest.mark.own_ray  # each head its own local Ray, as on two machines
 def test_a_search_in_the_bucket_resumes_on_another_head(uri, experiment, tmp_path):
     """The driver is killed mid-search and its disk lost; `evolve resume URI` finishes from the bucket.
 

@@ -36,7 +36,7 @@ from tests.conftest import TINY_LM
 from tests.openai_server import Reply, ScriptedOpenAI
 from tests.redteam.attacks import ATTACKS, COMPLETED, EXPECT, recipe
 
-pytestmark = [pytest.mark.search, pytest.mark.own_ray]  # a head of its own, with its dashboard
+pytestmark = pytest.mark.search
 
 BUDGET = 20_480
 TIMEOUT_S = 20
