@@ -266,7 +266,7 @@ def _run(spec: Spec, run_dir: Path, meta: dict, context: dict, log, verbose: int
         )
 
     try:
-        _fit(spec, context, make_tuner, log, verbose)
+        fit_on_slots(spec, context, make_tuner, log, verbose)
     finally:
         searcher.close()
     if searcher.llm is not None:
@@ -302,7 +302,7 @@ def resume_search(run_dir: str | os.PathLike, log=print, verbose: int = 0) -> No
         init_ray(spec, num_cpus=os.cpu_count(), verbose=verbose, log=log)
         _drop_tunes_limiter(tuner)
         _show_restored(tuner, spec, log, verbose)
-        _fit(spec, context, lambda: tuner, log, verbose)
+        fit_on_slots(spec, context, lambda: tuner, log, verbose)
 
 
 def _check_place(tuner, run_dir: Path) -> None:
@@ -367,8 +367,9 @@ def _restore_tuner(tune_dir: Path):
                         f"{type(e).__name__}: {' '.join(str(e).split())[:200]}") from None
 
 
-def _fit(spec: Spec, context: dict, make_tuner, log, verbose: int = 1) -> None:
-    """Starts the slots, waits for the zygote (`zygote.warming`), runs Tune to the end, and stops the slots."""
+def fit_on_slots(spec: Spec, context: dict, make_tuner, log, verbose: int = 1):
+    """Starts the slots, waits for the zygote (`zygote.warming`), runs Tune to the end, stops the slots, and
+    returns what Tune's `fit` returned. The searches and the baselines (`evolve.search.baselines`) run so."""
     from evolve.search.display import tune_output
 
     slots = None
@@ -379,7 +380,7 @@ def _fit(spec: Spec, context: dict, make_tuner, log, verbose: int = 1) -> None:
         # warm before the first trial, not inside it; this search's own, which only it stops
         zygote.ensure(search=context["search"])
         with tune_output(verbose):
-            make_tuner().fit()
+            return make_tuner().fit()
     finally:
         if slots is not None:
             slots.close()

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from evolve.driver import init_ray, prepare_run, scaffold_files
+from evolve.driver import fit_on_slots, init_ray, prepare_run, scaffold_files
 from evolve.messages import TrialConfig
 from evolve.record.store import Store, atomic_write
 from evolve.search.heuristic import mutable_keys
@@ -36,7 +36,6 @@ from evolve.search.hybrid import settings_text  # the seed's settings YAML with 
 from evolve.search.searcher import read_outcome, result_row
 from evolve.search.yamledit import flatten
 from evolve.spec import Spec
-from evolve.trial.slots import SlotPool
 from evolve.trial.train import TRIAL_RESOURCES, report_point, train_variant
 from evolve.variant import Variant, content_hash, variant_id
 from evolve.warm import zygote
@@ -182,23 +181,16 @@ def run_baseline(spec: Spec, run_dir: str | os.PathLike, method: str, log=print)
         checkpoints = tune.CheckpointConfig(num_to_keep=PBT_INTERVALS)  # a donor's may be any of them
     with zygote.warming(context["search"]):  # it imports torch and DeepSpeed while Ray starts
         init_ray(spec, num_cpus=os.cpu_count())
-        slots = SlotPool(spec.budget.concurrent, context["resources"], context["train_storage"], context["slots"],
-                         log=log)
-        try:
-            zygote.ensure(search=context["search"])
-            tuner = tune.Tuner(
-                # the constants go beside the space, which searchers flatten and parse
-                tune.with_resources(tune.with_parameters(baseline_trainable, ctx={
-                    "seed_dir": str(seed_dir), "settings_file": settings_file, "run_dir": str(run_dir),
-                    "context": context, "pbt": method == "pbt"}), TRIAL_RESOURCES),
-                param_space=space,
-                tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=spec.budget.trials,
-                                            max_concurrent_trials=spec.budget.concurrent, reuse_actors=True),
-                run_config=tune.RunConfig(name=f"tune-{method}", storage_path=str(run_dir), verbose=0,
-                                          checkpoint_config=checkpoints))
-            grid = tuner.fit()
-        finally:
-            slots.close()
+        grid = fit_on_slots(spec, context, lambda: tune.Tuner(
+            # the constants go beside the space, which searchers flatten and parse
+            tune.with_resources(tune.with_parameters(baseline_trainable, ctx={
+                "seed_dir": str(seed_dir), "settings_file": settings_file, "run_dir": str(run_dir),
+                "context": context, "pbt": method == "pbt"}), TRIAL_RESOURCES),
+            param_space=space,
+            tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=spec.budget.trials,
+                                        max_concurrent_trials=spec.budget.concurrent, reuse_actors=True),
+            run_config=tune.RunConfig(name=f"tune-{method}", storage_path=str(run_dir), verbose=0,
+                                      checkpoint_config=checkpoints)), log, verbose=0)
     rows = []
     for r in grid:
         if r.metrics is None or "result_json" not in r.metrics:
