@@ -1,5 +1,7 @@
 """The slot board's protocol: trials and relays meeting on an async actor (no training here)."""
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -89,3 +91,14 @@ def test_a_dead_worker_group_fails_its_job_and_shutdown_ends_relays(board):
     g(board.slot_up.remote(slot))
     g(board.shutdown.remote())
     assert g(board.take_job.remote(slot, 0, None, 1.0)) == "shutdown"
+
+
+def test_the_boards_module_imports_no_ray_train():
+    """Ray starts the board's process by importing its module; Ray Train would bring Ray Data, pyarrow and pandas
+    with it (about 3 CPU-s to start instead of 1)."""
+    heavy = ("ray.train", "ray.data", "pyarrow", "pandas")
+    code = f"import sys, {{}}; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    board = subprocess.run([sys.executable, "-c", code.format("evolve.trial.board")], capture_output=True, text=True)
+    assert board.returncode == 0 and board.stdout.strip() == "[]", board.stderr[-2000:]
+    slots = subprocess.run([sys.executable, "-c", code.format("evolve.trial.slots")], capture_output=True, text=True)
+    assert slots.stdout.strip() == str(sorted(heavy)), slots.stderr[-2000:]  # the check sees them when they are there
