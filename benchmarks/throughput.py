@@ -29,6 +29,7 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 from evolve.spec import load_spec, task_limit  # noqa: E402
 from evolve.driver import prepare_run  # noqa: E402
+from evolve.messages import TrialConfig  # noqa: E402
 
 
 def plain(config: dict, steps: int) -> dict:
@@ -71,8 +72,8 @@ def plain(config: dict, steps: int) -> dict:
 def deepspeed(config: dict, steps: int) -> dict:
     from evolve.rank.lm import train as _train
 
-    summary = _train({**config, "smoke": True, "max_steps": steps}, 0, 1, Path(config["out_dir"]),
-                     lambda point: None)
+    trial = TrialConfig.from_dict({**config, "smoke": True, "max_steps": steps})
+    summary = _train(trial, 0, 1, Path(trial.out_dir), lambda point: None)
     return {"tokens": summary["tokens_trained"], "seconds": summary["train_seconds"]}
 
 
