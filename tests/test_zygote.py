@@ -31,6 +31,7 @@ def test_calls_run_in_fresh_children_with_reports(warm):
     assert first["parent"] == zygote.ping(warm)  # forked from the zygote itself
     assert reports == [{"i": 0}, {"i": 1}, {"i": 2}]
     assert first["torch_loaded_before"] is True  # preloaded: no import in the child
+    assert first["weight_table_built"] is True  # transformers' renaming table: no rank's save_pretrained builds it
 
 
 @pytest.mark.warm

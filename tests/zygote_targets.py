@@ -7,9 +7,11 @@ import time
 
 def identify(report, n):
     torch_loaded = "torch" in sys.modules
+    table = getattr(sys.modules.get("transformers.conversion_mapping"), "_checkpoint_conversion_mapping_cache", None)
     for i in range(n):
         report({"i": i})
-    return {"pid": os.getpid(), "parent": os.getppid(), "torch_loaded_before": torch_loaded}
+    return {"pid": os.getpid(), "parent": os.getppid(), "torch_loaded_before": torch_loaded,
+            "weight_table_built": table is not None}
 
 
 def poison(report):

@@ -197,7 +197,7 @@ EOF
 }
 
 stop_zygote() {  # a zygote a step could not stop (killed at its time-out) would hold the GPU
-  (cd "$PROJECT" && timeout 20 "$PY" -c 'from evolve import zygote; print("zygote left running:", zygote.shutdown())') || true
+  (cd "$PROJECT" && timeout 20 "$PY" -c 'from evolve.warm import zygote; print("zygote left running:", zygote.shutdown())') || true
   sleep 1
 }
 
