@@ -3,8 +3,8 @@ parent (as the zygote now builds it) and without, measured in the same run.
 
 Each sample forks a child of this process, as the zygote forks a rank; the child builds the tiny_lm
 seed's GPT-2 and saves it with `save_pretrained` (what `evolve.rank.lm.save_result` does), and reports
-the CPU seconds of the save alone. The first half of the samples run before the parent builds the
-table, the second half after; the ratio printed is the medians' (without / with).
+the CPU seconds of the save alone. `--samples` children save before the parent builds the table,
+as many after; the ratio printed is the medians' (without / with).
 
     python benchmarks/save_weights.py --samples 5
 """
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from evolve.rank.lm import build_model, load_recipe, load_settings  # noqa: E402
-from evolve.warm.zygote import _warm_tables  # noqa: E402
+from evolve.warm.zygote import warm_tables  # noqa: E402
 
 SCAFFOLD = ROOT / "experiments" / "tiny_lm" / "scaffold"
 
@@ -51,10 +51,11 @@ def main() -> None:
     args = ap.parse_args()
     import transformers.models.gpt2.modeling_gpt2  # noqa: F401  (the zygote's preload)
 
-    work = Path(tempfile.mkdtemp(prefix="evolve-bench-save-"))
-    cold = [save_in_a_child(work / f"cold{i}") for i in range(args.samples)]
-    _warm_tables()
-    warm = [save_in_a_child(work / f"warm{i}") for i in range(args.samples)]
+    with tempfile.TemporaryDirectory(prefix="evolve-bench-save-") as tmp:
+        work = Path(tmp)
+        cold = [save_in_a_child(work / f"cold{i}") for i in range(args.samples)]
+        warm_tables()
+        warm = [save_in_a_child(work / f"warm{i}") for i in range(args.samples)]
     c, w = statistics.median(cold), statistics.median(warm)
     print(f"save_pretrained in a forked rank, CPU s (median of {args.samples}): table not built {c:.3f}, "
           f"built in the parent {w:.3f}; saved {c - w:.3f} s a rank; without / with = {c / w:.2f}")

@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import socket
 import statistics
 import sys
@@ -87,24 +88,27 @@ def main() -> None:
 
     torch.set_num_threads(1)  # a trial's rank gets one CPU here
     work = Path(tempfile.mkdtemp(prefix="evolve-bench-"))
-    spec = load_spec(ROOT / "experiments" / "tiny_lm")
-    _, context = prepare_run(spec, work / "run")
-    config = {**context, "variant_dir": str(ROOT / "experiments" / "tiny_lm" / "scaffold"),
-              "out_dir": str(work / "out"), "train_tokens": 10 ** 9}
-    Path(config["out_dir"]).mkdir()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-    dist.init_process_group("gloo", rank=0, world_size=1)
-    rates = {"plain": [], "deepspeed": []}
-    for r in range(args.rounds):
-        for name, fn in (("plain", plain), ("deepspeed", deepspeed)):
-            out = fn(config, args.steps)
-            rates[name].append(out["tokens"] / out["seconds"])
-            print(f"round {r + 1}: {name:<9} {out['tokens']:,} tokens in {out['seconds']:.2f} s of steps "
-                  f"= {rates[name][-1]:,.0f} tokens/s", flush=True)
-    dist.destroy_process_group()
+    try:
+        spec = load_spec(ROOT / "experiments" / "tiny_lm")
+        _, context = prepare_run(spec, work / "run")
+        config = {**context, "variant_dir": str(ROOT / "experiments" / "tiny_lm" / "scaffold"),
+                  "out_dir": str(work / "out"), "train_tokens": 10 ** 9}
+        Path(config["out_dir"]).mkdir()
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        dist.init_process_group("gloo", rank=0, world_size=1)
+        rates = {"plain": [], "deepspeed": []}
+        for r in range(args.rounds):
+            for name, fn in (("plain", plain), ("deepspeed", deepspeed)):
+                out = fn(config, args.steps)
+                rates[name].append(out["tokens"] / out["seconds"])
+                print(f"round {r + 1}: {name:<9} {out['tokens']:,} tokens in {out['seconds']:.2f} s of steps "
+                      f"= {rates[name][-1]:,.0f} tokens/s", flush=True)
+        dist.destroy_process_group()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # the prepared run and the saved model
     p, d = statistics.median(rates["plain"]), statistics.median(rates["deepspeed"])
     print(f"median tokens/s: plain PyTorch {p:,.0f}, DeepSpeed (the harness) {d:,.0f}; "
           f"DeepSpeed / plain = {d / p:.3f}")
