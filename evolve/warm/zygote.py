@@ -110,11 +110,12 @@ def secret(path: Path) -> str:
 
 
 # -- server ----------------------------------------------------------------------
-def _warm_tables() -> None:
+def warm_tables() -> None:
     """Builds what transformers builds on first use and then keeps, so each child inherits it built.
 
     Its table of checkpoint weight renamings (about 1,100 entries, each compiling regular expressions)
-    is built by every `save_pretrained`: 0.5 CPU-s in each rank that saves a model, were it built there.
+    is built by a process's first `save_pretrained`: about 0.15 CPU-s in every rank that saves a model
+    (`benchmarks/save_weights.py`), were it built there.
     """
     try:
         from transformers import conversion_mapping
@@ -135,7 +136,7 @@ def serve(path: Path) -> None:
 
     if os.environ.get("DS_ACCELERATOR") == "cpu":
         load_cpu_comm_op()  # the children inherit it loaded, and never wait on torch's build lock
-    _warm_tables()
+    warm_tables()
 
     key = secret(path)
     allowed = set(ENTRY_POINTS) | {e for e in os.environ.get("EVOLVE_ZYGOTE_ENTRY_POINTS", "").split(",") if e}
